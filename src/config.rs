@@ -1,0 +1,710 @@
+//! Typed settings: built-in defaults, `config/default.toml`, `--config FILE`, then
+//! `DCW__SECTION__KEY` environment variables; `validate()` names every bad key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The file read, when present, after the built-in defaults and before `--config`.
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+/// Everything the daemon and its subcommands can be configured with.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Redis connection.
+    pub redis: RedisSettings,
+    /// PostgreSQL connection.
+    pub database: DatabaseSettings,
+    /// The ingest stream and its consumer group.
+    pub stream: StreamSettings,
+    /// The study metadata keys.
+    pub cache: CacheSettings,
+    /// Series metadata documents.
+    pub series: SeriesSettings,
+    /// The identity provider's key set.
+    pub jwks: JwksSettings,
+    /// Graceful stop.
+    pub shutdown: ShutdownSettings,
+    /// Log output.
+    pub log: LogSettings,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; a password inside it is accepted.
+    pub url: ServiceUrl,
+    /// Password, overriding one in the URL.
+    pub password: Option<Secret>,
+    /// Connections in the command pool.
+    pub pool_size: usize,
+    /// Time limit for one command or pipeline, in milliseconds.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: ServiceUrl("redis://127.0.0.1:6379".into()),
+            password: None,
+            pool_size: 8,
+            command_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Time limit for one command or pipeline.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://` URL; a password inside it is accepted.
+    pub url: ServiceUrl,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Time limit for connecting or taking a pooled connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Server-side `statement_timeout`, in milliseconds.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: ServiceUrl("postgres://postgres@127.0.0.1:5432/dicom".into()),
+            max_connections: 4,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Time limit for connecting or taking a pooled connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// `[stream]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// The ingest stream.
+    pub key: String,
+    /// The consumer group shared by all replicas.
+    pub group: String,
+    /// This process's consumer name; unique per process.
+    pub consumer: String,
+    /// Where bad entries go, with their reason.
+    pub dead_letter_key: String,
+    /// Entries pending longer than this are reclaimed from their consumer.
+    pub claim_idle_ms: u64,
+    /// Deliveries after which an entry that keeps failing is dead-lettered.
+    pub max_deliveries: u64,
+    /// Entries read at most per batch.
+    pub batch_size: usize,
+    /// How long one read waits for new entries, in milliseconds.
+    pub block_ms: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            key: "dicom:ingest".into(),
+            group: "dicom-cache-warmer".into(),
+            consumer: default_consumer_name(),
+            dead_letter_key: "dicom:ingest:dead".into(),
+            claim_idle_ms: 60_000,
+            max_deliveries: 5,
+            batch_size: 1_000,
+            block_ms: 1_000,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// How long one read waits for new entries.
+    pub fn block(&self) -> Duration {
+        Duration::from_millis(self.block_ms)
+    }
+
+    /// Entries pending longer than this are reclaimed.
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+}
+
+/// Host name and process id: unique per process, readable in `XINFO CONSUMERS`.
+fn default_consumer_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}-{}", std::process::id())
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Lifetime of a study metadata key, in seconds (the server uses 7200).
+    pub study_ttl_secs: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            study_ttl_secs: 7_200,
+        }
+    }
+}
+
+/// `[series]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeriesSettings {
+    /// Root of the server's DICOM files; series documents are off when unset.
+    pub dicom_root: Option<PathBuf>,
+    /// Root of the server's JSON documents; series documents are off when unset.
+    pub json_root: Option<PathBuf>,
+    /// A series is built once it has had no event for this long, in milliseconds.
+    pub quiet_ms: u64,
+    /// ... and at the latest this long after its first pending event, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Also store each document in Redis.
+    pub redis_copy: bool,
+    /// Upsert the server's `dicom_json_meta` row for each built series.
+    pub record_status: bool,
+}
+
+impl Default for SeriesSettings {
+    fn default() -> Self {
+        Self {
+            dicom_root: None,
+            json_root: None,
+            quiet_ms: 3_000,
+            max_delay_ms: 30_000,
+            redis_copy: false,
+            record_status: false,
+        }
+    }
+}
+
+/// `[jwks]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwksSettings {
+    /// The identity provider's key set URL; refresh is off when unset.
+    pub url: Option<String>,
+    /// Seconds between refreshes.
+    pub refresh_secs: u64,
+    /// Lifetime of the cached key set, in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for JwksSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            refresh_secs: 300,
+            ttl_secs: 6_000,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Seconds allowed to finish the work in hand after SIGTERM.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { grace_secs: 25 }
+    }
+}
+
+impl ShutdownSettings {
+    /// Time allowed to finish the work in hand after SIGTERM.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter, such as `info` or `dicom_cache_warmer=debug`; `RUST_LOG` wins.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for people.
+    Pretty,
+    /// One JSON object per line for log collectors.
+    Json,
+}
+
+/// A secret value: printed as `[redacted]` by `Debug`, `Display` and `Serialize`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+/// A service URL that may carry credentials: shown with its password redacted.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ServiceUrl(String);
+
+impl ServiceUrl {
+    /// The full URL, credentials included, for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `[redacted]`; unparsable URLs are hidden whole.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    // Cannot fail: a URL with a password has a host.
+                    let _ = url.set_password(Some("[redacted]"));
+                }
+                url.to_string()
+            }
+            Err(_) => "[unparsable URL, redacted]".into(),
+        }
+    }
+
+    fn scheme(&self) -> Option<String> {
+        url::Url::parse(&self.0).ok().map(|u| u.scheme().to_owned())
+    }
+}
+
+impl From<&str> for ServiceUrl {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for ServiceUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// Why the settings could not be used: one line per bad key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Settings {
+    /// Loads the layers (defaults, `config/default.toml` when present, `file`, then the
+    /// environment) and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(Path::new(DEFAULT_CONFIG_FILE), file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the default file and the environment given explicitly.
+    pub fn load_from(
+        default_file: &Path,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("DCW__"))
+            .collect();
+        let mut builder =
+            config::Config::builder().add_source(config::File::from(default_file).required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let layered = builder
+            .add_source(
+                config::Environment::with_prefix("DCW")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let settings: Settings = layered
+            .try_deserialize()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that deserialized but cannot work, reporting all of them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, why: &str| {
+            if !ok {
+                problems.push(format!("{key}: {why}"));
+            }
+        };
+        check(
+            matches!(self.redis.url.scheme().as_deref(), Some("redis" | "rediss")),
+            "redis.url",
+            "must be a redis:// or rediss:// URL",
+        );
+        check(
+            self.redis.pool_size > 0,
+            "redis.pool_size",
+            "must be at least 1",
+        );
+        check(
+            self.redis.command_timeout_ms >= 10,
+            "redis.command_timeout_ms",
+            "must be at least 10",
+        );
+        check(
+            matches!(
+                self.database.url.scheme().as_deref(),
+                Some("postgres" | "postgresql")
+            ),
+            "database.url",
+            "must be a postgres:// URL",
+        );
+        check(
+            self.database.max_connections > 0,
+            "database.max_connections",
+            "must be at least 1",
+        );
+        check(
+            self.database.connect_timeout_ms >= 10,
+            "database.connect_timeout_ms",
+            "must be at least 10",
+        );
+        check(
+            self.database.statement_timeout_ms >= 10,
+            "database.statement_timeout_ms",
+            "must be at least 10",
+        );
+        for (key, value) in [
+            ("stream.key", &self.stream.key),
+            ("stream.group", &self.stream.group),
+            ("stream.consumer", &self.stream.consumer),
+            ("stream.dead_letter_key", &self.stream.dead_letter_key),
+        ] {
+            check(
+                is_plain_name(value),
+                key,
+                "must be 1 to 200 printable characters without spaces",
+            );
+        }
+        check(
+            self.stream.dead_letter_key != self.stream.key,
+            "stream.dead_letter_key",
+            "must differ from stream.key",
+        );
+        check(
+            (1..=10_000).contains(&self.stream.batch_size),
+            "stream.batch_size",
+            "must be between 1 and 10000",
+        );
+        check(
+            (1..=60_000).contains(&self.stream.block_ms),
+            "stream.block_ms",
+            "must be between 1 and 60000",
+        );
+        check(
+            self.stream.max_deliveries >= 1,
+            "stream.max_deliveries",
+            "must be at least 1",
+        );
+        // A batch may legitimately take a read, a query and two round trips, each bounded
+        // by its timeout; reclaiming sooner would hand live work to a second consumer.
+        let longest_batch_ms = self.stream.block_ms
+            + self.database.statement_timeout_ms
+            + 3 * self.redis.command_timeout_ms;
+        check(
+            self.stream.claim_idle_ms > longest_batch_ms,
+            "stream.claim_idle_ms",
+            &format!(
+                "must exceed the longest batch ({longest_batch_ms} ms: stream.block_ms + \
+                 database.statement_timeout_ms + 3 x redis.command_timeout_ms)"
+            ),
+        );
+        check(
+            self.cache.study_ttl_secs >= 1,
+            "cache.study_ttl_secs",
+            "must be at least 1",
+        );
+        check(
+            self.series.dicom_root.is_some() == self.series.json_root.is_some(),
+            "series.json_root",
+            "series.dicom_root and series.json_root must be set together",
+        );
+        check(
+            self.series.quiet_ms >= 1,
+            "series.quiet_ms",
+            "must be at least 1",
+        );
+        check(
+            self.series.max_delay_ms >= self.series.quiet_ms,
+            "series.max_delay_ms",
+            "must be at least series.quiet_ms",
+        );
+        check(
+            self.jwks.refresh_secs >= 1,
+            "jwks.refresh_secs",
+            "must be at least 1",
+        );
+        check(
+            self.jwks.ttl_secs >= 2 * self.jwks.refresh_secs,
+            "jwks.ttl_secs",
+            "must be at least twice jwks.refresh_secs",
+        );
+        check(
+            (1..=3_600).contains(&self.shutdown.grace_secs),
+            "shutdown.grace_secs",
+            "must be between 1 and 3600",
+        );
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            "must be a tracing filter such as `info` or `dicom_cache_warmer=debug`",
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The effective settings as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    }
+}
+
+/// A Redis key or consumer name we are willing to use as given by the operator.
+fn is_plain_name(value: &str) -> bool {
+    (1..=200).contains(&value.len()) && value.chars().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(text.as_bytes()).expect("write temp file");
+        file
+    }
+
+    fn load(
+        default: &str,
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<Settings, ConfigError> {
+        let default = toml_file(default);
+        let file = file.map(toml_file);
+        Settings::load_from(default.path(), file.as_ref().map(|f| f.path()), env(vars))
+    }
+
+    #[test]
+    fn built_in_defaults_match_the_spec() {
+        let s = load("", None, &[]).expect("defaults are valid");
+        assert_eq!(s.redis.url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://postgres@127.0.0.1:5432/dicom"
+        );
+        assert_eq!(s.stream.key, "dicom:ingest");
+        assert_eq!(s.stream.group, "dicom-cache-warmer");
+        assert_eq!(s.stream.dead_letter_key, "dicom:ingest:dead");
+        assert_eq!(s.stream.claim_idle_ms, 60_000);
+        assert_eq!(s.stream.max_deliveries, 5);
+        assert_eq!(s.cache.study_ttl_secs, 7_200);
+        assert_eq!(s.series.quiet_ms, 3_000);
+        assert_eq!(s.series.max_delay_ms, 30_000);
+        assert_eq!(s.jwks.refresh_secs, 300);
+        assert_eq!(s.jwks.ttl_secs, 6_000);
+        assert_eq!(s.shutdown.grace_secs, 25);
+        assert!(
+            s.stream
+                .consumer
+                .ends_with(&format!("-{}", std::process::id()))
+        );
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let s = load(
+            "[stream]\nkey = \"from-default\"\ngroup = \"g-default\"\nbatch_size = 10\n",
+            Some("[stream]\nkey = \"from-file\"\nbatch_size = 20\n"),
+            &[("DCW__STREAM__BATCH_SIZE", "30")],
+        )
+        .expect("valid");
+        assert_eq!(s.stream.group, "g-default");
+        assert_eq!(s.stream.key, "from-file");
+        assert_eq!(s.stream.batch_size, 30);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_underscores() {
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__STREAM__DEAD_LETTER_KEY", "dl"),
+                ("DCW__CACHE__STUDY_TTL_SECS", "60"),
+                ("DCW__REDIS__PASSWORD", "0123"),
+                ("DCW__SERIES__REDIS_COPY", "true"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(s.stream.dead_letter_key, "dl");
+        assert_eq!(s.cache.study_ttl_secs, 60);
+        // Strings that look like numbers stay strings: no leading zero is lost.
+        assert_eq!(s.redis.password.as_ref().map(Secret::expose), Some("0123"));
+        assert!(s.series.redis_copy);
+    }
+
+    #[test]
+    fn every_bad_key_is_named_at_once() {
+        let err = load(
+            "",
+            None,
+            &[
+                ("DCW__REDIS__URL", "http://x"),
+                ("DCW__STREAM__BATCH_SIZE", "0"),
+                ("DCW__STREAM__CLAIM_IDLE_MS", "10"),
+                ("DCW__SERIES__DICOM_ROOT", "/tmp"),
+                ("DCW__SHUTDOWN__GRACE_SECS", "0"),
+                ("DCW__JWKS__TTL_SECS", "10"),
+            ],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = err
+            .0
+            .iter()
+            .map(|l| l.split(':').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "redis.url",
+                "stream.batch_size",
+                "stream.claim_idle_ms",
+                "series.json_root",
+                "jwks.ttl_secs",
+                "shutdown.grace_secs"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let err = load("", None, &[("DCW__STREAM__CLAIM_IDLE_MS", "soon")]).expect_err("invalid");
+        assert!(err.to_string().contains("stream.claim_idle_ms"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load("", None, &[("DCW__STREAM__BATCHSIZE", "3")]).expect_err("invalid");
+        assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__REDIS__URL", "redis://user:hunter2@127.0.0.1:6379"),
+                ("DCW__REDIS__PASSWORD", "sw0rdfish"),
+                ("DCW__DATABASE__URL", "postgres://app:letmein@db/dicom"),
+            ],
+        )
+        .expect("valid");
+        for shown in [format!("{s:?}"), s.to_redacted_toml()] {
+            for secret in ["hunter2", "sw0rdfish", "letmein"] {
+                assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+            }
+            assert!(shown.contains("[redacted]"));
+        }
+        assert_eq!(s.database.url.expose(), "postgres://app:letmein@db/dicom");
+    }
+}

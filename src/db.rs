@@ -1,0 +1,84 @@
+//! PostgreSQL: the pool and one function per query.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::DatabaseSettings;
+use crate::ids::{TenantId, Uid};
+use crate::study::DicomStateMeta;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection options from the settings, with the server-side statement timeout.
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(settings.url.expose())?
+        .application_name("dicom-cache-warmer")
+        .options([(
+            "statement_timeout",
+            format!("{}ms", settings.statement_timeout_ms),
+        )]))
+}
+
+/// A pool that connects on first use, so an unreachable database never stops start-up.
+pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout())
+        .connect_lazy_with(connect_options(settings)?))
+}
+
+/// The rows of the given studies as one consistent snapshot.
+#[derive(Debug, Default)]
+pub struct StudySnapshot {
+    /// Rows sorted by tenant, study and series.
+    pub rows: Vec<DicomStateMeta>,
+    /// When the snapshot was read (PostgreSQL's `statement_timestamp()`, in microseconds
+    /// since the epoch): a later read never has a smaller version.
+    pub version: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionedRow {
+    #[sqlx(flatten)]
+    meta: DicomStateMeta,
+    version: i64,
+}
+
+/// Reads every series row of the given studies in one query.
+///
+/// Rows lacking `created_time` or `updated_time` (which the server always sets) are left
+/// out, so the cache never holds a value the server's type cannot read.
+pub async fn fetch_studies(
+    pool: &PgPool,
+    studies: &[(&TenantId, &Uid)],
+) -> Result<StudySnapshot, sqlx::Error> {
+    let (tenants, uids): (Vec<&str>, Vec<&str>) = studies
+        .iter()
+        .map(|(tenant, study)| (tenant.as_str(), study.as_str()))
+        .unzip();
+    let rows: Vec<VersionedRow> = sqlx::query_as(
+        "SELECT s.tenant_id, s.patient_id, s.study_uid, s.series_uid, s.study_uid_hash,
+                s.series_uid_hash, s.study_date_origin, s.patient_name, s.patient_sex,
+                s.patient_birth_date, s.patient_birth_time, s.patient_age, s.patient_size,
+                s.patient_weight, s.study_date, s.study_time, s.accession_number, s.study_id,
+                s.study_description, s.modality, s.series_number, s.series_date, s.series_time,
+                s.series_description, s.body_part_examined, s.protocol_name,
+                s.series_related_instances, s.created_time, s.updated_time,
+                (extract(epoch FROM statement_timestamp()) * 1000000)::int8 AS version
+         FROM UNNEST($1::text[], $2::text[]) AS k(tenant_id, study_uid)
+         JOIN dicom_state_meta s ON s.tenant_id = k.tenant_id AND s.study_uid = k.study_uid
+         WHERE s.created_time IS NOT NULL AND s.updated_time IS NOT NULL
+         ORDER BY s.tenant_id, s.study_uid, s.series_uid",
+    )
+    .bind(&tenants)
+    .bind(&uids)
+    .fetch_all(pool)
+    .await?;
+    let version = rows.first().map_or(0, |r| r.version);
+    Ok(StudySnapshot {
+        rows: rows.into_iter().map(|r| r.meta).collect(),
+        version,
+    })
+}

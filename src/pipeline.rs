@@ -1,0 +1,199 @@
+//! One batch of stream entries through the steps: parse, coalesce by study, read the
+//! database once, write the cache in one round trip, acknowledge in one XACK.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use redis::{RedisError, Value};
+use sqlx::PgPool;
+
+use crate::cache;
+use crate::config::Settings;
+use crate::db;
+use crate::event::{self, EventKind};
+use crate::health::Service;
+use crate::ids::{TenantId, Uid};
+use crate::stream::{self, StreamEntry};
+use crate::study;
+
+/// The connections a batch needs.
+#[derive(Clone)]
+pub struct Services {
+    /// Redis commands.
+    pub redis: deadpool_redis::Pool,
+    /// PostgreSQL.
+    pub db: PgPool,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Entries in the batch.
+    pub entries: usize,
+    /// Entries acknowledged.
+    pub acked: usize,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: usize,
+    /// Study keys written.
+    pub studies_filled: usize,
+    /// Studies whose cached snapshot was already newer than ours.
+    pub studies_stale: usize,
+    /// Studies removed after a `deleted` event.
+    pub studies_removed: usize,
+    /// Studies not (yet) in the database; their entries stay pending.
+    pub studies_waiting: usize,
+    /// Whether PostgreSQL was queried.
+    pub queried_database: bool,
+}
+
+/// An infrastructure fault: the batch is left pending and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Redis failed or timed out.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// No pooled Redis connection could be had in time.
+    #[error("redis pool: {0}")]
+    RedisPool(#[from] deadpool_redis::PoolError),
+    /// PostgreSQL failed or timed out.
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl BatchError {
+    /// The service at fault.
+    pub fn service(&self) -> Service {
+        match self {
+            Self::Redis(_) | Self::RedisPool(_) => Service::Redis,
+            Self::Database(_) => Service::Database,
+        }
+    }
+}
+
+/// The entries of one study in this batch, and what the last of them asks for.
+struct StudyWork<'a> {
+    last_kind: EventKind,
+    entry_ids: Vec<&'a str>,
+}
+
+/// Processes one batch; entries are acknowledged only once every write they caused has
+/// succeeded, and an error leaves all of them pending.
+pub async fn process_batch(
+    services: &Services,
+    settings: &Settings,
+    entries: &[StreamEntry],
+) -> Result<BatchReport, BatchError> {
+    let started = Instant::now();
+    let mut report = BatchReport {
+        entries: entries.len(),
+        ..BatchReport::default()
+    };
+    let mut pipe = redis::pipe();
+    let mut ack_ids: Vec<&str> = Vec::with_capacity(entries.len());
+
+    // Coalesce by study; in stream order, so the last event of a study decides.
+    let mut studies: BTreeMap<(TenantId, Uid), StudyWork> = BTreeMap::new();
+    for entry in entries {
+        match event::parse(&entry.fields) {
+            Ok(event) => {
+                let work = studies
+                    .entry((event.tenant, event.study))
+                    .or_insert_with(|| StudyWork {
+                        last_kind: event.kind,
+                        entry_ids: Vec::new(),
+                    });
+                work.last_kind = event.kind;
+                work.entry_ids.push(&entry.id);
+            }
+            Err(reason) => {
+                tracing::warn!(entry_id = %entry.id, %reason, "bad entry: dead-lettered");
+                stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason.to_string(), 1);
+                ack_ids.push(&entry.id);
+                report.dead_lettered += 1;
+            }
+        }
+    }
+
+    let to_fill: Vec<(&TenantId, &Uid)> = studies
+        .iter()
+        .filter(|(_, work)| work.last_kind == EventKind::Stored)
+        .map(|((tenant, study), _)| (tenant, study))
+        .collect();
+    let snapshot = if to_fill.is_empty() {
+        db::StudySnapshot::default()
+    } else {
+        report.queried_database = true;
+        db::fetch_studies(&services.db, &to_fill).await?
+    };
+    let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
+        study::by_study(&snapshot.rows)
+            .map(|rows| {
+                (
+                    (rows[0].tenant_id.as_str(), rows[0].study_uid.as_str()),
+                    rows,
+                )
+            })
+            .collect();
+
+    let mut filled_ids: Vec<&str> = Vec::new();
+    for ((tenant, study_uid), work) in &studies {
+        match work.last_kind {
+            EventKind::Deleted => {
+                cache::add_remove_study(&mut pipe, tenant, study_uid);
+                ack_ids.extend(&work.entry_ids);
+                report.studies_removed += 1;
+            }
+            EventKind::Stored => match rows_by_study.get(&(tenant.as_str(), study_uid.as_str())) {
+                Some(rows) => {
+                    cache::add_fill_study(
+                        &mut pipe,
+                        tenant,
+                        study_uid,
+                        &study::encode(rows),
+                        snapshot.version,
+                        cache::jittered_ttl(settings.cache.study_ttl_secs),
+                    );
+                    filled_ids.extend(&work.entry_ids);
+                }
+                None => {
+                    tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entry_ids.len(),
+                        "study not in the database yet: entries stay pending");
+                    report.studies_waiting += 1;
+                }
+            },
+        }
+    }
+
+    let mut con = services.redis.get().await?;
+    if !pipe.is_empty() {
+        let fills: Vec<Value> = pipe.query_async(&mut *con).await?;
+        for written in fills {
+            match written {
+                Value::Int(1) => report.studies_filled += 1,
+                _ => report.studies_stale += 1,
+            }
+        }
+    }
+    ack_ids.extend(filled_ids);
+    report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
+    if report.acked != ack_ids.len() {
+        // Another consumer claimed some of them, or they were acked already: harmless
+        // under at-least-once, but worth seeing if it keeps happening.
+        tracing::warn!(
+            expected = ack_ids.len(),
+            acked = report.acked,
+            "XACK acknowledged fewer entries than sent"
+        );
+    }
+    tracing::info!(
+        entries = report.entries,
+        studies_filled = report.studies_filled,
+        studies_stale = report.studies_stale,
+        studies_removed = report.studies_removed,
+        studies_waiting = report.studies_waiting,
+        dead_lettered = report.dead_lettered,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
+    Ok(report)
+}
