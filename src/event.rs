@@ -122,7 +122,11 @@ pub fn parse(fields: &[Field]) -> Result<IngestEvent, EventError> {
         }
     }
     if let Some(payload) = payload {
-        raw = serde_json::from_str(&payload).map_err(|e| EventError::BadPayload(e.to_string()))?;
+        // Through a map first: serde would otherwise accept an array as the struct's fields.
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&payload).map_err(|e| EventError::BadPayload(e.to_string()))?;
+        raw = serde_json::from_value(object.into())
+            .map_err(|e| EventError::BadPayload(e.to_string()))?;
     }
     validate(raw)
 }
@@ -323,6 +327,10 @@ mod tests {
             ),
             (entry(&[("payload", "{not json")]), "payload: "),
             (entry(&[("payload", r#"["t","1"]"#)]), "payload: "),
+            (
+                entry(&[("payload", r#"["t","1",null,null,null]"#)]),
+                "payload: ",
+            ),
             (
                 entry(&[("payload", r#"{"tenant_id":7,"study_uid":"1"}"#)]),
                 "payload: ",

@@ -27,4 +27,5 @@ pub mod redis_conn;
 pub mod shutdown;
 pub mod stream;
 pub mod study;
+pub mod synthetic;
 pub mod telemetry;

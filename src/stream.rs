@@ -80,6 +80,42 @@ pub async fn ack<C: ConnectionLike>(
         .await
 }
 
+/// The group's work still to do, from `XINFO GROUPS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: usize,
+    /// Entries never delivered; `None` when Redis cannot tell (after deletions).
+    pub lag: Option<usize>,
+}
+
+impl Backlog {
+    /// True when every entry has been delivered and acknowledged.
+    pub fn is_drained(&self) -> bool {
+        self.pending == 0 && self.lag == Some(0)
+    }
+}
+
+/// Reads the group's pending count and lag; `None` when the group does not exist.
+pub async fn backlog<C: ConnectionLike>(
+    con: &mut C,
+    settings: &StreamSettings,
+) -> RedisResult<Option<Backlog>> {
+    let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&settings.key)
+        .query_async(con)
+        .await?;
+    Ok(groups
+        .groups
+        .into_iter()
+        .find(|g| g.name == settings.group)
+        .map(|g| Backlog {
+            pending: g.pending,
+            lag: g.lag,
+        }))
+}
+
 /// Adds to `pipe` the copy of a bad entry to the dead-letter stream, with its reason.
 pub fn add_dead_letter(
     pipe: &mut Pipeline,

@@ -1,0 +1,371 @@
+//! `TestEnv`: a private database, stream, group and tenant prefix per test, against the
+//! shared Redis and PostgreSQL; everything it made is removed when it is dropped.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use dicom_cache_warmer::config::{ServiceUrl, Settings};
+use dicom_cache_warmer::stream::{self, Backlog};
+use dicom_cache_warmer::study::DicomStateMeta;
+use dicom_cache_warmer::{app, db};
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+fn admin_database_url() -> String {
+    std::env::var("DCW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("DCW_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// One test's private slice of the shared services.
+pub struct TestEnv {
+    /// Settings pointing at this test's database, stream and group.
+    pub settings: Settings,
+    /// This test's database.
+    pub db: PgPool,
+    /// A Redis connection for the test's own reads and writes.
+    pub redis: MultiplexedConnection,
+    /// Every tenant id of this test starts with this.
+    pub tenant_prefix: String,
+    database_name: String,
+}
+
+impl TestEnv {
+    /// Creates the database (migrated) and picks unique names.
+    pub async fn new() -> Self {
+        // Daemon logs appear with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let id: String = format!("{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff);
+        let database_name = format!("dcw_it_{id}");
+        let admin = PgPool::connect(&admin_database_url())
+            .await
+            .expect("admin database");
+        sqlx::query(&format!("CREATE DATABASE {database_name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_database_url()).expect("admin URL");
+        url.set_path(&database_name);
+
+        let mut settings = Settings::default();
+        settings.redis.url = ServiceUrl::from(redis_url().as_str());
+        settings.database.url = ServiceUrl::from(url.as_str());
+        settings.stream.key = format!("it:{id}:ingest");
+        settings.stream.dead_letter_key = format!("it:{id}:dead");
+        settings.stream.group = format!("it-{id}");
+        settings.stream.consumer = format!("it-{id}-consumer");
+        settings.stream.block_ms = 200;
+        settings.validate().expect("test settings are valid");
+
+        let db = db::lazy_pool(&settings.database).expect("pool");
+        db::MIGRATOR.run(&db).await.expect("migrate test database");
+        let redis = redis::Client::open(redis_url())
+            .expect("redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        Self {
+            settings,
+            db,
+            redis,
+            tenant_prefix: format!("it{id}t"),
+            database_name,
+        }
+    }
+
+    /// Runs the daemon in this process until the returned handle stops it.
+    pub fn start_daemon(&self) -> Daemon {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(app::run(Arc::new(self.settings.clone()), cancel.clone()));
+        Daemon { cancel, task }
+    }
+
+    /// Environment variables that point the real binary at this test's slice.
+    pub fn daemon_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DCW__REDIS__URL", redis_url()),
+            (
+                "DCW__DATABASE__URL",
+                self.settings.database.url.expose().to_owned(),
+            ),
+            ("DCW__STREAM__KEY", self.settings.stream.key.clone()),
+            (
+                "DCW__STREAM__DEAD_LETTER_KEY",
+                self.settings.stream.dead_letter_key.clone(),
+            ),
+            ("DCW__STREAM__GROUP", self.settings.stream.group.clone()),
+            (
+                "DCW__STREAM__CONSUMER",
+                self.settings.stream.consumer.clone(),
+            ),
+            (
+                "DCW__STREAM__BLOCK_MS",
+                self.settings.stream.block_ms.to_string(),
+            ),
+        ]
+    }
+
+    /// The group's pending count and lag (a missing group counts as nothing done).
+    pub async fn backlog(&self) -> Backlog {
+        let mut con = self.redis.clone();
+        stream::backlog(&mut con, &self.settings.stream)
+            .await
+            .expect("XINFO GROUPS")
+            .unwrap_or(Backlog {
+                pending: 0,
+                lag: None,
+            })
+    }
+
+    /// Waits until every published entry has been delivered and acknowledged.
+    pub async fn wait_until_drained(&self) {
+        wait_for("the group to drain", || async {
+            self.backlog().await.is_drained()
+        })
+        .await;
+    }
+
+    /// Reads a string key.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut con = self.redis.clone();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("GET")
+    }
+
+    /// The dead-letter stream's entries, fields as text.
+    pub async fn dead_letters(&self) -> Vec<Vec<(String, Vec<u8>)>> {
+        let mut con = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.settings.stream.dead_letter_key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let mut fields: Vec<(String, Vec<u8>)> = entry
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, redis::from_redis_value(v).expect("bytes")))
+                    .collect();
+                fields.sort();
+                fields
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let database_name = self.database_name.clone();
+        let keys = [
+            self.settings.stream.key.clone(),
+            self.settings.stream.dead_letter_key.clone(),
+        ];
+        let pattern = format!("*:{}*", self.tenant_prefix);
+        // Drop runs inside the test's runtime: clean up from a thread with its own.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS {database_name} WITH (FORCE)"
+                    ))
+                    .execute(&admin)
+                    .await;
+                }
+                if let Ok(mut con) = redis::Client::open(redis_url())
+                    .expect("redis URL")
+                    .get_multiplexed_async_connection()
+                    .await
+                {
+                    let mut doomed: Vec<String> = keys.to_vec();
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut con)
+                            .await
+                            .unwrap_or((0, Vec::new()));
+                        doomed.extend(found);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("DEL").arg(&doomed).query_async(&mut con).await;
+                }
+            });
+        })
+        .join()
+        .expect("cleanup thread");
+    }
+}
+
+/// A daemon running in the test's process.
+pub struct Daemon {
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Cancels it and waits for it to return.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task")
+            .expect("daemon returns Ok");
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after [`DEADLINE`].
+pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The server's `DicomStateMeta` (database/src/dicom_meta.rs), mirrored field by field
+/// with the server's serde setup, independent of the daemon's own type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerDicomStateMeta {
+    #[serde(rename = "tenant_id")]
+    pub tenant_id: String,
+    #[serde(rename = "patient_id")]
+    pub patient_id: String,
+    #[serde(rename = "study_uid")]
+    pub study_uid: String,
+    #[serde(rename = "series_uid")]
+    pub series_uid: String,
+    #[serde(rename = "study_uid_hash")]
+    pub study_uid_hash: String,
+    #[serde(rename = "series_uid_hash")]
+    pub series_uid_hash: String,
+    #[serde(rename = "study_date_origin")]
+    pub study_date_origin: String,
+    #[serde(rename = "patient_name")]
+    pub patient_name: Option<String>,
+    #[serde(rename = "patient_sex")]
+    pub patient_sex: Option<String>,
+    #[serde(rename = "patient_birth_date")]
+    pub patient_birth_date: Option<NaiveDate>,
+    #[serde(rename = "patient_birth_time")]
+    pub patient_birth_time: Option<NaiveTime>,
+    #[serde(rename = "patient_age")]
+    pub patient_age: Option<String>,
+    #[serde(rename = "patient_size")]
+    pub patient_size: Option<f64>,
+    #[serde(rename = "patient_weight")]
+    pub patient_weight: Option<f64>,
+    #[serde(rename = "study_date")]
+    pub study_date: NaiveDate,
+    #[serde(rename = "study_time")]
+    pub study_time: Option<NaiveTime>,
+    #[serde(rename = "accession_number")]
+    pub accession_number: Option<String>,
+    #[serde(rename = "study_id")]
+    pub study_id: Option<String>,
+    #[serde(rename = "study_description")]
+    pub study_description: Option<String>,
+    #[serde(rename = "modality")]
+    pub modality: Option<String>,
+    #[serde(rename = "series_number")]
+    pub series_number: Option<i32>,
+    #[serde(rename = "series_date")]
+    pub series_date: Option<NaiveDate>,
+    #[serde(rename = "series_time")]
+    pub series_time: Option<NaiveTime>,
+    #[serde(rename = "series_description")]
+    pub series_description: Option<String>,
+    #[serde(rename = "body_part_examined")]
+    pub body_part_examined: Option<String>,
+    #[serde(rename = "protocol_name")]
+    pub protocol_name: Option<String>,
+    #[serde(rename = "series_related_instances")]
+    pub series_related_instances: Option<i32>,
+    #[serde(rename = "created_time")]
+    pub created_time: NaiveDateTime,
+    #[serde(rename = "updated_time")]
+    pub updated_time: NaiveDateTime,
+}
+
+impl From<&DicomStateMeta> for ServerDicomStateMeta {
+    fn from(r: &DicomStateMeta) -> Self {
+        Self {
+            tenant_id: r.tenant_id.clone(),
+            patient_id: r.patient_id.clone(),
+            study_uid: r.study_uid.clone(),
+            series_uid: r.series_uid.clone(),
+            study_uid_hash: r.study_uid_hash.clone(),
+            series_uid_hash: r.series_uid_hash.clone(),
+            study_date_origin: r.study_date_origin.clone(),
+            patient_name: r.patient_name.clone(),
+            patient_sex: r.patient_sex.clone(),
+            patient_birth_date: r.patient_birth_date,
+            patient_birth_time: r.patient_birth_time,
+            patient_age: r.patient_age.clone(),
+            patient_size: r.patient_size,
+            patient_weight: r.patient_weight,
+            study_date: r.study_date,
+            study_time: r.study_time,
+            accession_number: r.accession_number.clone(),
+            study_id: r.study_id.clone(),
+            study_description: r.study_description.clone(),
+            modality: r.modality.clone(),
+            series_number: r.series_number,
+            series_date: r.series_date,
+            series_time: r.series_time,
+            series_description: r.series_description.clone(),
+            body_part_examined: r.body_part_examined.clone(),
+            protocol_name: r.protocol_name.clone(),
+            series_related_instances: r.series_related_instances,
+            created_time: r.created_time,
+            updated_time: r.updated_time,
+        }
+    }
+}

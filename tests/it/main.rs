@@ -1,0 +1,6 @@
+//! Integration tests against real Redis and PostgreSQL, one module per feature.
+
+mod bad_input;
+mod helpers;
+mod shutdown;
+mod warming;

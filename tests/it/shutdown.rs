@@ -1,0 +1,70 @@
+//! SIGTERM to the real binary: it stops reading, acknowledges the batch in hand, exits 0.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::process::Command;
+
+use crate::helpers::{TestEnv, wait_for};
+
+#[tokio::test]
+async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending() {
+    let env = TestEnv::new().await;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 2,
+        studies: 40,
+        max_series: 4,
+        min_instances: 50,
+        max_instances: 100,
+        seed: 3,
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+    let published = dataset.events.len();
+
+    let grace_secs = 5;
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        // Small batches, so that the stream is still being drained when the signal comes.
+        .env("DCW__STREAM__BATCH_SIZE", "10")
+        .env("DCW__SHUTDOWN__GRACE_SECS", grace_secs.to_string())
+        .env("DCW__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    wait_for("the daemon to acknowledge some entries", || async {
+        env.backlog()
+            .await
+            .lag
+            .is_some_and(|lag| lag < published - 100)
+    })
+    .await;
+
+    let pid = daemon.id().expect("running").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(grace_secs + 2), daemon.wait())
+        .await
+        .expect("exits within the grace period")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+
+    let backlog = env.backlog().await;
+    assert_eq!(backlog.pending, 0, "every entry it read was acknowledged");
+    assert!(
+        backlog.lag.is_some_and(|lag| lag > 0),
+        "it stopped mid-stream: {backlog:?}"
+    );
+}
