@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Service};
+use crate::metrics::{self, RoundTrip};
 use crate::pipeline::{self, Services};
 use crate::stream::{self, StreamEntry};
 use crate::{db, redis_conn};
@@ -104,12 +105,16 @@ impl Reader {
             }
         };
         let read = stream::read_new(con, &settings.stream).await;
+        metrics::round_trip(RoundTrip::Read);
         if let Err(error) = &read {
             // Start afresh: a new connection, and the group created again if it was lost.
             self.con = None;
             if stream::is_missing_group(error) {
                 tracing::warn!("consumer group missing: creating it again");
             }
+        }
+        if let Ok(entries) = &read {
+            metrics::entries_read(entries.len());
         }
         read
     }

@@ -78,6 +78,22 @@ pub enum EventError {
     BadPayload(String),
 }
 
+impl EventError {
+    /// A short, fixed name for the kind of problem (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooManyFields(_) | Self::EntryTooLarge(_) | Self::ValueTooLarge(_) => "oversize",
+            Self::NotUtf8(_) => "not_utf8",
+            Self::DuplicateField(_) => "duplicate_field",
+            Self::MissingField(_) => "missing_field",
+            Self::InvalidId { .. } => "invalid_id",
+            Self::UnknownKind => "unknown_event",
+            Self::BadPayload(_) => "bad_payload",
+        }
+    }
+}
+
 /// The fields an event is made of, as text, before validation.
 #[derive(Debug, Default, Deserialize)]
 struct RawEvent {

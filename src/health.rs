@@ -51,6 +51,7 @@ impl Health {
 
     /// Records a failed call; logs when the service was up or not yet seen.
     pub fn down(&self, service: Service, error: &dyn fmt::Display) {
+        crate::metrics::connection_error(service);
         if self.state(service).swap(DOWN, Ordering::Relaxed) != DOWN {
             tracing::warn!(%service, %error, "unreachable; retrying with backoff, entries stay pending");
         } else {

@@ -22,6 +22,7 @@ pub mod event;
 pub mod health;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod pipeline;
 pub mod redis_conn;
 pub mod shutdown;

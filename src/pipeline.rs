@@ -13,6 +13,7 @@ use crate::db;
 use crate::event::{self, EventKind};
 use crate::health::Service;
 use crate::ids::{TenantId, Uid};
+use crate::metrics::{self, RoundTrip};
 use crate::stream::{self, StreamEntry};
 use crate::study;
 
@@ -108,6 +109,7 @@ pub async fn process_batch(
             Err(reason) => {
                 tracing::warn!(entry_id = %entry.id, %reason, "bad entry: dead-lettered");
                 stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason.to_string(), 1);
+                metrics::dead_lettered(reason.kind());
                 ack_ids.push(&entry.id);
                 report.dead_lettered += 1;
             }
@@ -123,7 +125,10 @@ pub async fn process_batch(
         db::StudySnapshot::default()
     } else {
         report.queried_database = true;
-        db::fetch_studies(&services.db, &to_fill).await?
+        let query_started = Instant::now();
+        let snapshot = db::fetch_studies(&services.db, &to_fill).await?;
+        metrics::db_query(query_started.elapsed());
+        snapshot
     };
     let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
         study::by_study(&snapshot.rows)
@@ -153,6 +158,7 @@ pub async fn process_batch(
                         snapshot.version,
                         cache::jittered_ttl(settings.cache.study_ttl_secs),
                     );
+                    tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entry_ids.len(), "filling study");
                     filled_ids.extend(&work.entry_ids);
                 }
                 None => {
@@ -165,8 +171,10 @@ pub async fn process_batch(
     }
 
     let mut con = services.redis.get().await?;
+    metrics::round_trip(RoundTrip::PoolCheck);
     if !pipe.is_empty() {
         let fills: Vec<Value> = pipe.query_async(&mut *con).await?;
+        metrics::round_trip(RoundTrip::Write);
         for written in fills {
             match written {
                 Value::Int(1) => report.studies_filled += 1,
@@ -176,6 +184,7 @@ pub async fn process_batch(
     }
     ack_ids.extend(filled_ids);
     report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
+    metrics::round_trip(RoundTrip::Ack);
     if report.acked != ack_ids.len() {
         // Another consumer claimed some of them, or they were acked already: harmless
         // under at-least-once, but worth seeing if it keeps happening.
@@ -185,6 +194,7 @@ pub async fn process_batch(
             "XACK acknowledged fewer entries than sent"
         );
     }
+    metrics::batch_done(&report, started.elapsed());
     tracing::info!(
         entries = report.entries,
         studies_filled = report.studies_filled,

@@ -1,0 +1,134 @@
+//! The daemon's metrics, named in one place, and the Prometheus recorder.
+
+use std::time::Duration;
+
+use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Service;
+use crate::pipeline::BatchReport;
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Batch size buckets, in entries.
+const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0];
+
+/// A Redis round trip the daemon makes.
+#[derive(Debug, Clone, Copy)]
+pub enum RoundTrip {
+    /// XREADGROUP.
+    Read,
+    /// The health check deadpool makes when it hands out a pooled connection.
+    PoolCheck,
+    /// One pipeline of cache writes and dead letters.
+    Write,
+    /// XACK.
+    Ack,
+}
+
+/// Installs the global recorder and describes every metric; the handle renders them.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("dcw_batch_entries".into()), &SIZE_BUCKETS)?
+        .install_recorder()?;
+    describe_counter!("dcw_entries_read_total", Unit::Count, "Stream entries read");
+    describe_counter!(
+        "dcw_entries_acked_total",
+        Unit::Count,
+        "Stream entries acknowledged"
+    );
+    describe_counter!(
+        "dcw_entries_dead_lettered_total",
+        Unit::Count,
+        "Entries moved to the dead-letter stream, by reason"
+    );
+    describe_counter!(
+        "dcw_studies_filled_total",
+        Unit::Count,
+        "Study keys written"
+    );
+    describe_counter!(
+        "dcw_studies_stale_total",
+        Unit::Count,
+        "Study fills refused because a newer snapshot was cached"
+    );
+    describe_counter!(
+        "dcw_studies_removed_total",
+        Unit::Count,
+        "Study keys removed after a deleted event"
+    );
+    describe_counter!(
+        "dcw_studies_waiting_total",
+        Unit::Count,
+        "Studies not in the database yet (entries left pending)"
+    );
+    describe_counter!("dcw_db_queries_total", Unit::Count, "PostgreSQL queries");
+    describe_counter!(
+        "dcw_redis_round_trips_total",
+        Unit::Count,
+        "Redis round trips, by operation"
+    );
+    describe_counter!(
+        "dcw_connection_errors_total",
+        Unit::Count,
+        "Failed calls, by service"
+    );
+    describe_histogram!("dcw_batch_entries", Unit::Count, "Entries per batch");
+    describe_histogram!(
+        "dcw_batch_duration_seconds",
+        Unit::Seconds,
+        "Time to process one batch, from read to XACK"
+    );
+    describe_histogram!(
+        "dcw_db_query_duration_seconds",
+        Unit::Seconds,
+        "Time of one PostgreSQL query"
+    );
+    Ok(handle)
+}
+
+/// Counts one Redis round trip.
+pub fn round_trip(kind: RoundTrip) {
+    let op = match kind {
+        RoundTrip::Read => "read",
+        RoundTrip::PoolCheck => "pool_check",
+        RoundTrip::Write => "write",
+        RoundTrip::Ack => "ack",
+    };
+    counter!("dcw_redis_round_trips_total", "op" => op).increment(1);
+}
+
+/// Records one PostgreSQL query and its duration.
+pub fn db_query(elapsed: Duration) {
+    counter!("dcw_db_queries_total").increment(1);
+    histogram!("dcw_db_query_duration_seconds").record(elapsed);
+}
+
+/// Counts one entry dead-lettered for `reason` (a short, bounded name).
+pub fn dead_lettered(reason: &'static str) {
+    counter!("dcw_entries_dead_lettered_total", "reason" => reason).increment(1);
+}
+
+/// Counts a failed call to `service`.
+pub fn connection_error(service: Service) {
+    counter!("dcw_connection_errors_total", "service" => service.to_string()).increment(1);
+}
+
+/// Counts entries read from the stream.
+pub fn entries_read(count: usize) {
+    counter!("dcw_entries_read_total").increment(count as u64);
+}
+
+/// Records what a batch did.
+pub fn batch_done(report: &BatchReport, elapsed: Duration) {
+    counter!("dcw_entries_acked_total").increment(report.acked as u64);
+    counter!("dcw_studies_filled_total").increment(report.studies_filled as u64);
+    counter!("dcw_studies_stale_total").increment(report.studies_stale as u64);
+    counter!("dcw_studies_removed_total").increment(report.studies_removed as u64);
+    counter!("dcw_studies_waiting_total").increment(report.studies_waiting as u64);
+    histogram!("dcw_batch_entries").record(report.entries as f64);
+    histogram!("dcw_batch_duration_seconds").record(elapsed);
+}
