@@ -45,6 +45,16 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates the database (migrated) and picks unique names.
     pub async fn new() -> Self {
+        let env = Self::with_empty_database().await;
+        db::MIGRATOR
+            .run(&env.db)
+            .await
+            .expect("migrate test database");
+        env
+    }
+
+    /// Creates an empty database (no tables) and picks unique names.
+    pub async fn with_empty_database() -> Self {
         // Daemon logs appear with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -77,7 +87,6 @@ impl TestEnv {
         settings.validate().expect("test settings are valid");
 
         let db = db::lazy_pool(&settings.database).expect("pool");
-        db::MIGRATOR.run(&db).await.expect("migrate test database");
         let redis = redis::Client::open(redis_url())
             .expect("redis URL")
             .get_multiplexed_async_connection()

@@ -2,5 +2,6 @@
 
 mod bad_input;
 mod helpers;
+mod server_schema;
 mod shutdown;
 mod warming;

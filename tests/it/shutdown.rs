@@ -4,9 +4,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{TestEnv, wait_for};
+use crate::helpers::{DEADLINE, TestEnv, wait_for};
 
 #[tokio::test]
 async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending() {
@@ -66,5 +67,78 @@ async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending
     assert!(
         backlog.lag.is_some_and(|lag| lag > 0),
         "it stopped mid-stream: {backlog:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_even_with_a_batch_in_hand() {
+    let env = TestEnv::new().await;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        studies: 1,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    // Hold a lock that makes the daemon's query wait: its batch cannot finish.
+    let mut blocker = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__SHUTDOWN__GRACE_SECS", "60")
+        .env("DCW__LOG__LEVEL", "info")
+        .env("DCW__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    let mut log = BufReader::new(daemon.stderr.take().expect("stderr")).lines();
+    wait_for("the daemon to read the batch", || async {
+        env.backlog().await.pending > 0
+    })
+    .await;
+    let pid = daemon.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    // The second signal only after the first was seen, so the two are not merged.
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = log.next_line().await.expect("read log") {
+            if line.contains("stopping: finishing the work in hand") {
+                return;
+            }
+        }
+        panic!("the daemon ended before logging the first signal");
+    })
+    .await
+    .expect("the first signal is logged");
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    let status = tokio::time::timeout(Duration::from_secs(5), daemon.wait())
+        .await
+        .expect("exits at once, long before the 60 s grace")
+        .expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(dicom_cache_warmer::shutdown::FORCED_EXIT_CODE)
+    );
+    blocker.rollback().await.expect("rollback");
+    assert!(
+        env.backlog().await.pending > 0,
+        "the unfinished batch stays pending"
     );
 }
