@@ -1,31 +1,45 @@
-//! The daemon: builds the connections, reads and processes batches until cancelled.
+//! The daemon: builds the connections, then reclaims idle entries and reads new ones, batch
+//! after batch, until cancelled.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Service};
 use crate::metrics::{self, RoundTrip};
-use crate::pipeline::{self, Services};
+use crate::pipeline::{self, BatchError, Services};
+use crate::recheck::Rechecks;
 use crate::stream::{self, StreamEntry};
 use crate::{db, redis_conn};
+
+/// The cursor that starts (and, returned, ends) a scan of the pending list.
+const CURSOR_START: &str = "0-0";
 
 /// Runs the daemon until `cancel` fires, then finishes the batch in hand and returns.
 ///
 /// Unreachable services never end it: it backs off and retries, leaving entries pending.
 pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let redis = redis_conn::command_pool(&settings.redis).context("redis.url")?;
     let services = Services {
-        redis: redis_conn::command_pool(&settings.redis).context("redis.url")?,
+        rechecks: Rechecks::spawn(
+            redis.clone(),
+            settings.cache.negative_recheck(),
+            cancel.clone(),
+        ),
+        redis,
         db: db::lazy_pool(&settings.database).context("database.url")?,
     };
     let health = Health::default();
     let mut reader = Reader::default();
     let mut backoff = Backoff::default();
+    // Entries left by a crashed or stopped consumer are looked for at once, then regularly.
+    let mut next_claim = Instant::now();
     tracing::info!(
         stream = %settings.stream.key,
         group = %settings.stream.group,
@@ -33,6 +47,12 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         "warming caches from the ingest stream"
     );
     while !cancel.is_cancelled() {
+        if Instant::now() >= next_claim {
+            next_claim = Instant::now() + settings.stream.claim_interval();
+            if let Err(error) = reclaim(&services, &settings, &health, &cancel).await {
+                health.down(error.service(), &error);
+            }
+        }
         let entries = match reader.read(&settings).await {
             Ok(entries) => entries,
             Err(error) => {
@@ -49,6 +69,53 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
     }
     services.db.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Claims and processes the group's idle entries, page by page, then deletes consumers
+/// that are gone and own nothing.
+async fn reclaim(
+    services: &Services,
+    settings: &Settings,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Result<(), BatchError> {
+    let mut cursor = CURSOR_START.to_owned();
+    loop {
+        let claimed = {
+            let mut con = services.redis.get().await?;
+            stream::claim_idle(&mut *con, &settings.stream, &cursor).await?
+        };
+        if claimed.deleted > 0 {
+            tracing::warn!(
+                entries = claimed.deleted,
+                "pending entries no longer in the stream (trimmed): dropped by Redis"
+            );
+        }
+        if !claimed.entries.is_empty() {
+            tracing::info!(entries = claimed.entries.len(), "reclaimed idle entries");
+            metrics::entries_reclaimed(claimed.entries.len());
+            process_until_done(services, settings, health, &claimed.entries, cancel).await;
+        }
+        if claimed.next_cursor == CURSOR_START || cancel.is_cancelled() {
+            break;
+        }
+        cursor = claimed.next_cursor;
+    }
+    let mut con = services.redis.get().await?;
+    let deleted = stream::delete_idle_consumers(
+        &mut *con,
+        &settings.stream,
+        settings.stream.stale_consumer_ms,
+    )
+    .await?;
+    if deleted > 0 {
+        tracing::info!(
+            consumers = deleted,
+            "deleted idle consumers that owned no entries"
+        );
+        metrics::consumers_deleted(deleted);
+    }
     Ok(())
 }
 
@@ -106,15 +173,15 @@ impl Reader {
         };
         let read = stream::read_new(con, &settings.stream).await;
         metrics::round_trip(RoundTrip::Read);
-        if let Err(error) = &read {
-            // Start afresh: a new connection, and the group created again if it was lost.
-            self.con = None;
-            if stream::is_missing_group(error) {
-                tracing::warn!("consumer group missing: creating it again");
+        match &read {
+            Ok(entries) => metrics::entries_read(entries.len()),
+            Err(error) => {
+                // Start afresh: a new connection, and the group created again if it was lost.
+                self.con = None;
+                if stream::is_missing_group(error) {
+                    tracing::warn!("consumer group missing: creating it again");
+                }
             }
-        }
-        if let Ok(entries) = &read {
-            metrics::entries_read(entries.len());
         }
         read
     }

@@ -116,6 +116,8 @@ pub struct StreamSettings {
     pub batch_size: usize,
     /// How long one read waits for new entries, in milliseconds.
     pub block_ms: u64,
+    /// Other consumers idle longer than this and owning no entry are deleted, in milliseconds.
+    pub stale_consumer_ms: u64,
 }
 
 impl Default for StreamSettings {
@@ -129,6 +131,7 @@ impl Default for StreamSettings {
             max_deliveries: 5,
             batch_size: 1_000,
             block_ms: 1_000,
+            stale_consumer_ms: 600_000,
         }
     }
 }
@@ -142,6 +145,11 @@ impl StreamSettings {
     /// Entries pending longer than this are reclaimed.
     pub fn claim_idle(&self) -> Duration {
         Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// How often idle entries are looked for: twice per `claim_idle_ms`.
+    pub fn claim_interval(&self) -> Duration {
+        self.claim_idle() / 2
     }
 }
 
@@ -157,13 +165,23 @@ fn default_consumer_name() -> String {
 pub struct CacheSettings {
     /// Lifetime of a study metadata key, in seconds (the server uses 7200).
     pub study_ttl_secs: u64,
+    /// Delay of the second look at a filled study's negative flag, in milliseconds.
+    pub negative_recheck_ms: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             study_ttl_secs: 7_200,
+            negative_recheck_ms: 2_000,
         }
+    }
+}
+
+impl CacheSettings {
+    /// Delay of the second look at a filled study's negative flag.
+    pub fn negative_recheck(&self) -> Duration {
+        Duration::from_millis(self.negative_recheck_ms)
     }
 }
 
@@ -493,6 +511,16 @@ impl Settings {
                 "must exceed the longest batch ({longest_batch_ms} ms: stream.block_ms + \
                  database.statement_timeout_ms + 3 x redis.command_timeout_ms)"
             ),
+        );
+        check(
+            self.stream.stale_consumer_ms > self.stream.claim_idle_ms,
+            "stream.stale_consumer_ms",
+            "must exceed stream.claim_idle_ms",
+        );
+        check(
+            (1..=300_000).contains(&self.cache.negative_recheck_ms),
+            "cache.negative_recheck_ms",
+            "must be between 1 and 300000 (the server's flag lives 300 s)",
         );
         check(
             self.cache.study_ttl_secs >= 1,

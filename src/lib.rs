@@ -24,6 +24,7 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;
+pub mod recheck;
 pub mod redis_conn;
 pub mod shutdown;
 pub mod stream;

@@ -28,6 +28,15 @@ pub enum RoundTrip {
     Ack,
 }
 
+/// What a negative-flag recheck did.
+#[derive(Debug, Clone, Copy)]
+pub enum RecheckOutcome {
+    /// A flag set after the fill was found and removed.
+    Cleared,
+    /// The queue was full: no second look for that batch.
+    Skipped,
+}
+
 /// Installs the global recorder and describes every metric; the handle renders them.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
@@ -64,6 +73,21 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "dcw_studies_waiting_total",
         Unit::Count,
         "Studies not in the database yet (entries left pending)"
+    );
+    describe_counter!(
+        "dcw_entries_reclaimed_total",
+        Unit::Count,
+        "Entries claimed from idle consumers"
+    );
+    describe_counter!(
+        "dcw_consumers_deleted_total",
+        Unit::Count,
+        "Idle consumers without pending entries deleted"
+    );
+    describe_counter!(
+        "dcw_negative_rechecks_total",
+        Unit::Count,
+        "Negative-flag second looks, by outcome"
     );
     describe_counter!("dcw_db_queries_total", Unit::Count, "PostgreSQL queries");
     describe_counter!(
@@ -110,6 +134,25 @@ pub fn db_query(elapsed: Duration) {
 /// Counts one entry dead-lettered for `reason` (a short, bounded name).
 pub fn dead_lettered(reason: &'static str) {
     counter!("dcw_entries_dead_lettered_total", "reason" => reason).increment(1);
+}
+
+/// Counts a negative-flag recheck outcome.
+pub fn negative_recheck(outcome: RecheckOutcome) {
+    let outcome = match outcome {
+        RecheckOutcome::Cleared => "cleared",
+        RecheckOutcome::Skipped => "skipped",
+    };
+    counter!("dcw_negative_rechecks_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts entries claimed from idle consumers.
+pub fn entries_reclaimed(count: usize) {
+    counter!("dcw_entries_reclaimed_total").increment(count as u64);
+}
+
+/// Counts idle consumers deleted.
+pub fn consumers_deleted(count: usize) {
+    counter!("dcw_consumers_deleted_total").increment(count as u64);
 }
 
 /// Counts a failed call to `service`.

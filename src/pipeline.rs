@@ -14,16 +14,19 @@ use crate::event::{self, EventKind};
 use crate::health::Service;
 use crate::ids::{TenantId, Uid};
 use crate::metrics::{self, RoundTrip};
+use crate::recheck::Rechecks;
 use crate::stream::{self, StreamEntry};
 use crate::study;
 
-/// The connections a batch needs.
+/// The connections and helpers a batch needs.
 #[derive(Clone)]
 pub struct Services {
     /// Redis commands.
     pub redis: deadpool_redis::Pool,
     /// PostgreSQL.
     pub db: PgPool,
+    /// The second look at negative flags after each fill.
+    pub rechecks: Rechecks,
 }
 
 /// What one batch did.
@@ -74,7 +77,7 @@ impl BatchError {
 /// The entries of one study in this batch, and what the last of them asks for.
 struct StudyWork<'a> {
     last_kind: EventKind,
-    entry_ids: Vec<&'a str>,
+    entries: Vec<&'a StreamEntry>,
 }
 
 /// Processes one batch; entries are acknowledged only once every write they caused has
@@ -101,14 +104,14 @@ pub async fn process_batch(
                     .entry((event.tenant, event.study))
                     .or_insert_with(|| StudyWork {
                         last_kind: event.kind,
-                        entry_ids: Vec::new(),
+                        entries: Vec::new(),
                     });
                 work.last_kind = event.kind;
-                work.entry_ids.push(&entry.id);
+                work.entries.push(entry);
             }
             Err(reason) => {
                 tracing::warn!(entry_id = %entry.id, %reason, "bad entry: dead-lettered");
-                stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason.to_string(), 1);
+                stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason.to_string());
                 metrics::dead_lettered(reason.kind());
                 ack_ids.push(&entry.id);
                 report.dead_lettered += 1;
@@ -141,11 +144,13 @@ pub async fn process_batch(
             .collect();
 
     let mut filled_ids: Vec<&str> = Vec::new();
+    let mut filled_studies = Vec::new();
     for ((tenant, study_uid), work) in &studies {
+        let ids = work.entries.iter().map(|e| e.id.as_str());
         match work.last_kind {
             EventKind::Deleted => {
                 cache::add_remove_study(&mut pipe, tenant, study_uid);
-                ack_ids.extend(&work.entry_ids);
+                ack_ids.extend(ids);
                 report.studies_removed += 1;
             }
             EventKind::Stored => match rows_by_study.get(&(tenant.as_str(), study_uid.as_str())) {
@@ -158,13 +163,29 @@ pub async fn process_batch(
                         snapshot.version,
                         cache::jittered_ttl(settings.cache.study_ttl_secs),
                     );
-                    tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entry_ids.len(), "filling study");
-                    filled_ids.extend(&work.entry_ids);
+                    tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entries.len(), "filling study");
+                    filled_ids.extend(ids);
+                    filled_studies.push((tenant.clone(), study_uid.clone()));
                 }
                 None => {
-                    tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entry_ids.len(),
-                        "study not in the database yet: entries stay pending");
                     report.studies_waiting += 1;
+                    // Its entries stay pending and are claimed again after claim_idle_ms;
+                    // those delivered max_deliveries times have had their chances.
+                    for entry in &work.entries {
+                        if entry.deliveries >= settings.stream.max_deliveries {
+                            let reason = format!(
+                                "study not in the database after {} deliveries",
+                                entry.deliveries
+                            );
+                            tracing::warn!(entry_id = %entry.id, %tenant, study_uid = %study_uid, %reason, "dead-lettered");
+                            stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
+                            metrics::dead_lettered("study_not_found");
+                            ack_ids.push(&entry.id);
+                            report.dead_lettered += 1;
+                        }
+                    }
+                    tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
+                        "study not in the database yet: entries stay pending");
                 }
             },
         }
@@ -183,6 +204,7 @@ pub async fn process_batch(
         }
     }
     ack_ids.extend(filled_ids);
+    services.rechecks.schedule(filled_studies);
     report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
     metrics::round_trip(RoundTrip::Ack);
     if report.acked != ack_ids.len() {

@@ -13,6 +13,8 @@ pub struct StreamEntry {
     pub id: String,
     /// Field names and values in stream order; empty for an entry deleted from the stream.
     pub fields: Vec<Field>,
+    /// How many times the group has delivered it, this delivery included.
+    pub deliveries: u64,
 }
 
 /// Creates the consumer group (and the stream) unless it exists.
@@ -61,6 +63,93 @@ pub async fn read_new<C: ConnectionLike>(
         .query_async(con)
         .await?;
     parse_read_reply(reply)
+}
+
+/// Entries taken over from consumers (any, this one included) that left them pending
+/// longer than `claim_idle_ms`.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The entries, with their delivery counts.
+    pub entries: Vec<StreamEntry>,
+    /// Where the next call continues; `0-0` when the whole pending list was scanned.
+    pub next_cursor: String,
+    /// Pending entries that were no longer in the stream (trimmed or deleted); Redis has
+    /// dropped them from the pending list.
+    pub deleted: usize,
+}
+
+/// Claims up to `batch_size` idle entries with XAUTOCLAIM, from `cursor` on, and reads
+/// their delivery counts.
+pub async fn claim_idle<C: ConnectionLike>(
+    con: &mut C,
+    settings: &StreamSettings,
+    cursor: &str,
+) -> RedisResult<Claimed> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
+        .arg(&settings.key)
+        .arg(&settings.group)
+        .arg(&settings.consumer)
+        .arg(settings.claim_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(settings.batch_size)
+        .query_async(con)
+        .await?;
+    let mut claimed = parse_autoclaim_reply(reply)?;
+    if let (Some(first), Some(last)) = (claimed.entries.first(), claimed.entries.last()) {
+        let counts: Value = redis::cmd("XPENDING")
+            .arg(&settings.key)
+            .arg(&settings.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(claimed.entries.len())
+            .arg(&settings.consumer)
+            .query_async(con)
+            .await?;
+        let counts = parse_pending_counts(counts)?;
+        for entry in &mut claimed.entries {
+            // An entry acknowledged meanwhile is missing here: count it as claimed once more.
+            entry.deliveries = counts
+                .get(&entry.id)
+                .copied()
+                .unwrap_or(entry.deliveries + 1);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Deletes, atomically, every other consumer of the group that owns no pending entry and
+/// has been idle longer than `idle_ms`; returns how many were deleted.
+///
+/// Deleting a consumer drops its pending entries, so the check and the deletion run in
+/// one script: no entry can be delivered to it in between.
+pub async fn delete_idle_consumers<C: ConnectionLike>(
+    con: &mut C,
+    settings: &StreamSettings,
+    idle_ms: u64,
+) -> RedisResult<usize> {
+    const DELETE_IDLE_CONSUMERS: &str = r"
+local deleted = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local info = {}
+    for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+    if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+        and tonumber(info['idle']) > tonumber(ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+        deleted = deleted + 1
+    end
+end
+return deleted
+";
+    redis::cmd("EVAL")
+        .arg(DELETE_IDLE_CONSUMERS)
+        .arg(1)
+        .arg(&settings.key)
+        .arg(&settings.group)
+        .arg(&settings.consumer)
+        .arg(idle_ms)
+        .query_async(con)
+        .await
 }
 
 /// Acknowledges the entries in one XACK and returns how many were still pending.
@@ -122,7 +211,6 @@ pub fn add_dead_letter(
     settings: &StreamSettings,
     entry: &StreamEntry,
     reason: &str,
-    deliveries: u64,
 ) {
     let cmd = pipe.cmd("XADD").arg(&settings.dead_letter_key).arg("*");
     for (name, value) in &entry.fields {
@@ -133,7 +221,7 @@ pub fn add_dead_letter(
         .arg("dead_source_id")
         .arg(&entry.id)
         .arg("dead_deliveries")
-        .arg(deliveries)
+        .arg(entry.deliveries)
         .arg("dead_consumer")
         .arg(&settings.consumer)
         .ignore();
@@ -168,6 +256,51 @@ fn parse_read_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
     Ok(entries)
 }
 
+/// Parses an XAUTOCLAIM reply: `[cursor, entries, deleted ids]` (the last since Redis 7).
+fn parse_autoclaim_reply(reply: Value) -> RedisResult<Claimed> {
+    let Value::Array(mut parts) = reply else {
+        return Err(protocol_error("XAUTOCLAIM reply is not an array"));
+    };
+    if !(2..=3).contains(&parts.len()) {
+        return Err(protocol_error("XAUTOCLAIM reply has neither 2 nor 3 parts"));
+    }
+    let deleted = match parts.get(2) {
+        Some(Value::Array(ids)) => ids.len(),
+        _ => 0,
+    };
+    parts.truncate(2);
+    let entries = parts.pop().unwrap_or(Value::Nil);
+    let cursor = parts.pop().unwrap_or(Value::Nil);
+    Ok(Claimed {
+        entries: parse_entries(entries)?,
+        next_cursor: text(cursor)?,
+        deleted,
+    })
+}
+
+/// Parses an extended XPENDING reply into delivery counts by entry id.
+fn parse_pending_counts(reply: Value) -> RedisResult<std::collections::HashMap<String, u64>> {
+    let Value::Array(items) = reply else {
+        return Err(protocol_error("XPENDING reply is not an array"));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Array(mut fields) if fields.len() == 4 => {
+                let deliveries = match fields.pop() {
+                    Some(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+                    _ => return Err(protocol_error("delivery count is not an integer")),
+                };
+                fields.truncate(1);
+                Ok((text(fields.pop().unwrap_or(Value::Nil))?, deliveries))
+            }
+            _ => Err(protocol_error(
+                "XPENDING item is not [id, consumer, idle, count]",
+            )),
+        })
+        .collect()
+}
+
 /// Parses a list of `[id, [field, value, ...]]` entries; nil fields mean a deleted entry.
 fn parse_entries(value: Value) -> RedisResult<Vec<StreamEntry>> {
     let Value::Array(items) = value else {
@@ -187,6 +320,7 @@ fn parse_entries(value: Value) -> RedisResult<Vec<StreamEntry>> {
             Ok(StreamEntry {
                 id: text(id)?,
                 fields: parse_fields(fields)?,
+                deliveries: 1,
             })
         })
         .collect()
@@ -248,13 +382,44 @@ mod tests {
                 StreamEntry {
                     id: "1-0".into(),
                     fields: vec![(b"tenant_id".to_vec(), vec![0xff, 0x00])],
+                    deliveries: 1,
                 },
                 StreamEntry {
                     id: "2-0".into(),
                     fields: vec![],
+                    deliveries: 1,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn parses_an_autoclaim_reply_with_deleted_ids() {
+        let reply = Value::Array(vec![
+            bulk(b"0-0"),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"5-0"),
+                Value::Array(vec![bulk(b"tenant_id"), bulk(b"t")]),
+            ])]),
+            Value::Array(vec![bulk(b"3-0"), bulk(b"4-0")]),
+        ]);
+        let claimed = parse_autoclaim_reply(reply).expect("parses");
+        assert_eq!(claimed.next_cursor, "0-0");
+        assert_eq!(claimed.deleted, 2);
+        assert_eq!(claimed.entries.len(), 1);
+        assert_eq!(claimed.entries[0].id, "5-0");
+    }
+
+    #[test]
+    fn parses_pending_delivery_counts() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"5-0"),
+            bulk(b"consumer"),
+            Value::Int(1200),
+            Value::Int(3),
+        ])]);
+        let counts = parse_pending_counts(reply).expect("parses");
+        assert_eq!(counts.get("5-0"), Some(&3));
     }
 
     #[test]

@@ -101,6 +101,16 @@ impl TestEnv {
         }
     }
 
+    /// Short timeouts, so that idle entries are reclaimed after one second.
+    pub fn reclaim_quickly(&mut self) {
+        self.settings.database.statement_timeout_ms = 300;
+        self.settings.redis.command_timeout_ms = 150;
+        self.settings.stream.block_ms = 100;
+        self.settings.stream.claim_idle_ms = 1_000;
+        self.settings.stream.stale_consumer_ms = 1_500;
+        self.settings.validate().expect("fast settings are valid");
+    }
+
     /// Runs the daemon in this process until the returned handle stops it.
     pub fn start_daemon(&self) -> Daemon {
         let cancel = CancellationToken::new();
@@ -151,6 +161,19 @@ impl TestEnv {
             self.backlog().await.is_drained()
         })
         .await;
+    }
+
+    /// Names of the group's consumers.
+    pub async fn consumers(&self) -> Vec<String> {
+        let mut con = self.redis.clone();
+        let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.settings.stream.key)
+            .arg(&self.settings.stream.group)
+            .query_async(&mut con)
+            .await
+            .expect("XINFO CONSUMERS");
+        reply.consumers.into_iter().map(|c| c.name).collect()
     }
 
     /// Reads a string key.

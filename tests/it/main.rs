@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod helpers;
+mod reliability;
 mod server_schema;
 mod shutdown;
 mod warming;

@@ -1,0 +1,155 @@
+//! Recovery: idle entries are reclaimed, poison entries dead-lettered after exactly
+//! `max_deliveries`, gone consumers deleted, late negative flags removed again.
+
+use std::time::Duration;
+
+use dicom_cache_warmer::ids::{TenantId, Uid};
+use dicom_cache_warmer::keys;
+use dicom_cache_warmer::stream;
+use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::time::Instant;
+
+use crate::helpers::{TestEnv, wait_for};
+
+fn small_dataset(env: &TestEnv, studies: usize) -> Dataset {
+    Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        studies,
+        ..DatasetSpec::default()
+    })
+}
+
+#[tokio::test]
+async fn entries_left_by_a_crashed_consumer_are_reclaimed_and_the_consumer_deleted() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    let dataset = small_dataset(&env, 3);
+    dataset.insert(&env.db).await.expect("insert rows");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+    // A consumer that read everything and died before acknowledging anything.
+    let mut ghost = env.settings.stream.clone();
+    ghost.consumer = format!("{}-ghost", ghost.consumer);
+    ghost.batch_size = 10_000;
+    stream::ensure_group(&mut con, &ghost).await.expect("group");
+    let taken = stream::read_new(&mut con, &ghost)
+        .await
+        .expect("ghost reads");
+    assert_eq!(taken.len(), dataset.events.len());
+
+    let daemon = env.start_daemon();
+    env.wait_until_drained().await;
+    for row in &dataset.rows {
+        let key = keys::study_metadata(
+            &TenantId::parse(&row.tenant_id).expect("tenant"),
+            &Uid::parse(&row.study_uid).expect("uid"),
+        );
+        assert!(
+            env.get(&key).await.is_some(),
+            "{key} is filled from reclaimed entries"
+        );
+    }
+    wait_for("the ghost consumer to be deleted", || async {
+        !env.consumers().await.contains(&ghost.consumer)
+    })
+    .await;
+    assert!(
+        env.consumers()
+            .await
+            .contains(&env.settings.stream.consumer),
+        "the live consumer stays"
+    );
+    daemon.stop().await;
+    assert!(env.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_study_that_never_appears_is_dead_lettered_after_exactly_max_deliveries() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    env.settings.stream.max_deliveries = 3;
+    let tenant = format!("{}0", env.tenant_prefix);
+    let mut con = env.redis.clone();
+    let id: String = redis::cmd("XADD")
+        .arg(&env.settings.stream.key)
+        .arg("*")
+        .arg("tenant_id")
+        .arg(&tenant)
+        .arg("study_uid")
+        .arg("1.2.3.999")
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+
+    let daemon = env.start_daemon();
+    wait_for("the entry to be dead-lettered", || async {
+        !env.dead_letters().await.is_empty()
+    })
+    .await;
+    env.wait_until_drained().await;
+    daemon.stop().await;
+
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let get = |name: &str| {
+        dead[0]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(get("dead_source_id"), Some(id));
+    assert_eq!(get("dead_deliveries").as_deref(), Some("3"));
+    assert!(
+        get("dead_reason").is_some_and(|r| r.contains("not in the database after 3 deliveries"))
+    );
+}
+
+#[tokio::test]
+async fn a_negative_flag_set_just_after_the_fill_is_removed_within_the_recheck_delay() {
+    let mut env = TestEnv::new().await;
+    env.settings.cache.negative_recheck_ms = 1_500;
+    let dataset = small_dataset(&env, 1);
+    dataset.insert(&env.db).await.expect("insert rows");
+    let (tenant, study) = (
+        TenantId::parse(&dataset.rows[0].tenant_id).expect("tenant"),
+        Uid::parse(&dataset.rows[0].study_uid).expect("uid"),
+    );
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+
+    let daemon = env.start_daemon();
+    wait_for("the study key", || async {
+        env.get(&keys::study_metadata(&tenant, &study))
+            .await
+            .is_some()
+    })
+    .await;
+    let filled = Instant::now();
+    // The server read the database before the commit, failed, and sets its flag now.
+    let _: () = redis::cmd("SET")
+        .arg(keys::study_negative_flag(&tenant, &study))
+        .arg("1")
+        .arg("EX")
+        .arg(300)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    wait_for("the late flag to be removed", || async {
+        env.get(&keys::study_negative_flag(&tenant, &study))
+            .await
+            .is_none()
+    })
+    .await;
+    let window = filled.elapsed();
+    daemon.stop().await;
+    assert!(
+        window <= Duration::from_millis(1_500 + 1_000),
+        "the flag hid the study for {window:?}"
+    );
+}
