@@ -21,6 +21,19 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
+/// Deletes the study key and leaves its version as a tombstone, unless a newer version is
+/// cached (the study was stored again after the snapshot that found it gone).
+/// KEYS: study, version. ARGV: version, TTL in seconds. Returns 1 when removed, 0 when stale.
+const REMOVE_STUDY: &str = r"
+local current = tonumber(redis.call('GET', KEYS[2]))
+if current and current > tonumber(ARGV[1]) then
+    return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+";
+
 /// Adds to `pipe` the atomic fill of one study key; its reply is 1 (written) or 0 (stale).
 pub fn add_fill_study(
     pipe: &mut Pipeline,
@@ -43,12 +56,23 @@ pub fn add_fill_study(
         .arg(ttl_secs);
 }
 
-/// Adds to `pipe` the removal of a deleted study's key and version.
-pub fn add_remove_study(pipe: &mut Pipeline, tenant: &TenantId, study: &Uid) {
-    pipe.cmd("DEL")
+/// Adds to `pipe` the atomic removal of a deleted study's key; its reply is 1 (removed) or
+/// 0 (a newer snapshot was cached). The version stays behind for `ttl_secs` so that an
+/// older fill landing later cannot bring the study back.
+pub fn add_remove_study(
+    pipe: &mut Pipeline,
+    tenant: &TenantId,
+    study: &Uid,
+    version: i64,
+    ttl_secs: u64,
+) {
+    pipe.cmd("EVAL")
+        .arg(REMOVE_STUDY)
+        .arg(2)
         .arg(keys::study_metadata(tenant, study))
         .arg(keys::study_version(tenant, study))
-        .ignore();
+        .arg(version)
+        .arg(ttl_secs);
 }
 
 /// The TTL shortened by up to 5 %, so keys filled together do not all expire together.

@@ -76,7 +76,16 @@ pub async fn fetch_studies(
     .bind(&uids)
     .fetch_all(pool)
     .await?;
-    let version = rows.first().map_or(0, |r| r.version);
+    let version = match rows.first() {
+        Some(row) => row.version,
+        // No row carries the version: ask for it after the read, so that it is never older
+        // than the snapshot that found nothing.
+        None => {
+            sqlx::query_scalar("SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::int8")
+                .fetch_one(pool)
+                .await?
+        }
+    };
     Ok(StudySnapshot {
         rows: rows.into_iter().map(|r| r.meta).collect(),
         version,

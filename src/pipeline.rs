@@ -119,17 +119,18 @@ pub async fn process_batch(
         }
     }
 
-    let to_fill: Vec<(&TenantId, &Uid)> = studies
-        .iter()
-        .filter(|(_, work)| work.last_kind == EventKind::Stored)
-        .map(|((tenant, study), _)| (tenant, study))
+    // Every study is read, deleted ones included: the database decides. A deleted study
+    // with rows was stored again; one without rows is removed.
+    let to_read: Vec<(&TenantId, &Uid)> = studies
+        .keys()
+        .map(|(tenant, study)| (tenant, study))
         .collect();
-    let snapshot = if to_fill.is_empty() {
+    let snapshot = if to_read.is_empty() {
         db::StudySnapshot::default()
     } else {
         report.queried_database = true;
         let query_started = Instant::now();
-        let snapshot = db::fetch_studies(&services.db, &to_fill).await?;
+        let snapshot = db::fetch_studies(&services.db, &to_read).await?;
         metrics::db_query(query_started.elapsed());
         snapshot
     };
@@ -143,67 +144,73 @@ pub async fn process_batch(
             })
             .collect();
 
-    let mut filled_ids: Vec<&str> = Vec::new();
+    let mut written_ids: Vec<&str> = Vec::new();
     let mut filled_studies = Vec::new();
+    // Reply order of the pipeline's scripts, to tell fills from removals.
+    let mut script_kinds: Vec<EventKind> = Vec::new();
     for ((tenant, study_uid), work) in &studies {
         let ids = work.entries.iter().map(|e| e.id.as_str());
-        match work.last_kind {
-            EventKind::Deleted => {
-                cache::add_remove_study(&mut pipe, tenant, study_uid);
-                ack_ids.extend(ids);
-                report.studies_removed += 1;
+        let ttl = cache::jittered_ttl(settings.cache.study_ttl_secs);
+        match (
+            rows_by_study.get(&(tenant.as_str(), study_uid.as_str())),
+            work.last_kind,
+        ) {
+            (Some(rows), _) => {
+                cache::add_fill_study(
+                    &mut pipe,
+                    tenant,
+                    study_uid,
+                    &study::encode(rows),
+                    snapshot.version,
+                    ttl,
+                );
+                script_kinds.push(EventKind::Stored);
+                tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entries.len(), "filling study");
+                written_ids.extend(ids);
+                filled_studies.push((tenant.clone(), study_uid.clone()));
             }
-            EventKind::Stored => match rows_by_study.get(&(tenant.as_str(), study_uid.as_str())) {
-                Some(rows) => {
-                    cache::add_fill_study(
-                        &mut pipe,
-                        tenant,
-                        study_uid,
-                        &study::encode(rows),
-                        snapshot.version,
-                        cache::jittered_ttl(settings.cache.study_ttl_secs),
-                    );
-                    tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entries.len(), "filling study");
-                    filled_ids.extend(ids);
-                    filled_studies.push((tenant.clone(), study_uid.clone()));
-                }
-                None => {
-                    report.studies_waiting += 1;
-                    // Its entries stay pending and are claimed again after claim_idle_ms;
-                    // those delivered max_deliveries times have had their chances.
-                    for entry in &work.entries {
-                        if entry.deliveries >= settings.stream.max_deliveries {
-                            let reason = format!(
-                                "study not in the database after {} deliveries",
-                                entry.deliveries
-                            );
-                            tracing::warn!(entry_id = %entry.id, %tenant, study_uid = %study_uid, %reason, "dead-lettered");
-                            stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
-                            metrics::dead_lettered("study_not_found");
-                            ack_ids.push(&entry.id);
-                            report.dead_lettered += 1;
-                        }
+            (None, EventKind::Deleted) => {
+                cache::add_remove_study(&mut pipe, tenant, study_uid, snapshot.version, ttl);
+                script_kinds.push(EventKind::Deleted);
+                written_ids.extend(ids);
+            }
+            (None, EventKind::Stored) => {
+                report.studies_waiting += 1;
+                // Its entries stay pending and are claimed again after claim_idle_ms;
+                // those delivered max_deliveries times have had their chances.
+                for entry in &work.entries {
+                    if entry.deliveries >= settings.stream.max_deliveries {
+                        let reason = format!(
+                            "study not in the database after {} deliveries",
+                            entry.deliveries
+                        );
+                        tracing::warn!(entry_id = %entry.id, %tenant, study_uid = %study_uid, %reason, "dead-lettered");
+                        stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
+                        metrics::dead_lettered("study_not_found");
+                        ack_ids.push(&entry.id);
+                        report.dead_lettered += 1;
                     }
-                    tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
-                        "study not in the database yet: entries stay pending");
                 }
-            },
+                tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
+                    "study not in the database yet: entries stay pending");
+            }
         }
     }
 
     let mut con = services.redis.get().await?;
     metrics::round_trip(RoundTrip::PoolCheck);
     if !pipe.is_empty() {
-        let fills: Vec<Value> = pipe.query_async(&mut *con).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut *con).await?;
         metrics::round_trip(RoundTrip::Write);
-        for written in fills {
-            match written {
-                Value::Int(1) => report.studies_filled += 1,
+        for (kind, reply) in script_kinds.iter().zip(replies) {
+            match (kind, reply) {
+                (EventKind::Stored, Value::Int(1)) => report.studies_filled += 1,
+                (EventKind::Deleted, Value::Int(1)) => report.studies_removed += 1,
                 _ => report.studies_stale += 1,
             }
         }
     }
-    ack_ids.extend(filled_ids);
+    ack_ids.extend(written_ids);
     services.rechecks.schedule(filled_studies);
     report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
     metrics::round_trip(RoundTrip::Ack);

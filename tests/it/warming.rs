@@ -171,7 +171,7 @@ async fn a_study_not_yet_in_the_database_stays_pending_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_deleted_event_removes_the_study_key() {
+async fn a_deleted_event_removes_the_study_key_and_no_older_fill_brings_it_back() {
     let env = TestEnv::new().await;
     let dataset = dataset(&env, 1);
     dataset.insert(&env.db).await.expect("insert rows");
@@ -183,8 +183,19 @@ async fn a_deleted_event_removes_the_study_key() {
     let daemon = env.start_daemon();
     env.wait_until_drained().await;
     let (t, s) = ids(&dataset.rows[0].tenant_id, &dataset.rows[0].study_uid);
-    assert!(env.get(&keys::study_metadata(&t, &s)).await.is_some());
+    let filled_version: i64 = env
+        .get(&keys::study_version(&t, &s))
+        .await
+        .expect("version")
+        .parse()
+        .expect("number");
 
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(t.as_str())
+        .bind(s.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete rows");
     let _: String = redis::cmd("XADD")
         .arg(&env.settings.stream.key)
         .arg("*")
@@ -200,7 +211,13 @@ async fn a_deleted_event_removes_the_study_key() {
     env.wait_until_drained().await;
     daemon.stop().await;
     assert_eq!(env.get(&keys::study_metadata(&t, &s)).await, None);
-    assert_eq!(env.get(&keys::study_version(&t, &s)).await, None);
+
+    // A replica that read the rows before the deletion writes late: it is refused.
+    let mut pipe = redis::pipe();
+    cache::add_fill_study(&mut pipe, &t, &s, "[\"stale\"]", filled_version, 60);
+    let written: Vec<i64> = pipe.query_async(&mut con).await.expect("late fill");
+    assert_eq!(written, [0]);
+    assert_eq!(env.get(&keys::study_metadata(&t, &s)).await, None);
 }
 
 #[tokio::test]
