@@ -16,7 +16,7 @@ use crate::metrics::{self, RoundTrip};
 use crate::pipeline::{self, BatchError, Services};
 use crate::recheck::Rechecks;
 use crate::stream::{self, StreamEntry};
-use crate::{db, redis_conn};
+use crate::{db, http, monitor, redis_conn};
 
 /// The cursor that starts (and, returned, ends) a scan of the pending list.
 const CURSOR_START: &str = "0-0";
@@ -35,7 +35,26 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         redis,
         db: db::lazy_pool(&settings.database).context("database.url")?,
     };
-    let health = Health::default();
+    metrics::handle();
+    let health = Arc::new(Health::default());
+    health.beat();
+    let endpoint = http::bind(
+        &settings.http.listen,
+        health.clone(),
+        settings.liveness_max_silence(),
+        cancel.clone(),
+    )
+    .await
+    .with_context(|| format!("http.listen: cannot listen on {}", settings.http.listen))?;
+    let endpoint = tokio::spawn(endpoint);
+    let monitoring = tokio::spawn(monitor::run(
+        settings.clone(),
+        health.clone(),
+        services.redis.clone(),
+        services.db.clone(),
+        cancel.clone(),
+    ));
+    tokio::spawn(monitor::watchdog(health.clone(), cancel.clone()));
     let mut reader = Reader::default();
     let mut backoff = Backoff::default();
     // Entries left by a crashed or stopped consumer are looked for at once, then regularly.
@@ -47,13 +66,14 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         "warming caches from the ingest stream"
     );
     while !cancel.is_cancelled() {
+        health.beat();
         if Instant::now() >= next_claim {
             next_claim = Instant::now() + settings.stream.claim_interval();
             if let Err(error) = reclaim(&services, &settings, &health, &cancel).await {
                 health.down(error.service(), &error);
             }
         }
-        let entries = match reader.read(&settings).await {
+        let entries = match reader.read(&settings, &health).await {
             Ok(entries) => entries,
             Err(error) => {
                 health.down(Service::Redis, &error);
@@ -67,6 +87,9 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
             process_until_done(&services, &settings, &health, &entries, &cancel).await;
         }
     }
+    // Both end on `cancel`; a panic in either is a bug worth exiting non-zero for.
+    monitoring.await?;
+    endpoint.await?;
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -82,6 +105,7 @@ async fn reclaim(
 ) -> Result<(), BatchError> {
     let mut cursor = CURSOR_START.to_owned();
     loop {
+        health.beat();
         let claimed = {
             let mut con = services.redis.get().await?;
             stream::claim_idle(&mut *con, &settings.stream, &cursor).await?
@@ -130,6 +154,7 @@ async fn process_until_done(
 ) {
     let mut backoff = Backoff::default();
     loop {
+        health.beat();
         match pipeline::process_batch(services, settings, entries).await {
             Ok(report) => {
                 health.up(Service::Redis);
@@ -160,7 +185,11 @@ struct Reader {
 }
 
 impl Reader {
-    async fn read(&mut self, settings: &Settings) -> RedisResult<Vec<StreamEntry>> {
+    async fn read(
+        &mut self,
+        settings: &Settings,
+        health: &Health,
+    ) -> RedisResult<Vec<StreamEntry>> {
         let con = match &mut self.con {
             Some(con) => con,
             None => {
@@ -168,6 +197,7 @@ impl Reader {
                     redis_conn::blocking_connection(&settings.redis, settings.stream.block())
                         .await?;
                 stream::ensure_group(&mut con, &settings.stream).await?;
+                health.set_group_ready(true);
                 self.con.insert(con)
             }
         };
@@ -179,6 +209,7 @@ impl Reader {
                 // Start afresh: a new connection, and the group created again if it was lost.
                 self.con = None;
                 if stream::is_missing_group(error) {
+                    health.set_group_ready(false);
                     tracing::warn!("consumer group missing: creating it again");
                 }
             }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 /// The first delay after a failure.
 const INITIAL_DELAY: Duration = Duration::from_millis(100);
 /// The longest delay between two attempts.
-const MAX_DELAY: Duration = Duration::from_secs(10);
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// Delays that double after each failure up to a cap, each picked at random from its
 /// upper half so that replicas do not retry in step.

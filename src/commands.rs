@@ -3,32 +3,54 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::migrate::MigrateDatabase;
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection};
 
 use crate::config::Settings;
 use crate::{db, redis_conn};
 
 /// Creates the database when missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let url = settings.database.url.expose();
-    let timeout = settings.database.connect_timeout();
-    let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
-        .await
-        .context("connect to postgres: timed out")?
-        .with_context(|| format!("connect to postgres at {}", settings.database.url))?;
-    if !exists {
-        Postgres::create_database(url)
-            .await
-            .context("create the database")?;
-        tracing::info!(database = %settings.database.url, "created the database");
-    }
-    let mut con = connect_database(settings).await?;
+    let mut con = match connect_database(settings).await {
+        Err(error) if is_missing_database(&error) => {
+            create_database(settings).await?;
+            connect_database(settings).await?
+        }
+        other => other?,
+    };
     db::MIGRATOR
         .run(&mut con)
         .await
         .context("apply migrations")?;
     tracing::info!(database = %settings.database.url, "migrations applied");
+    Ok(())
+}
+
+/// PostgreSQL's "invalid_catalog_name": the database in the URL does not exist.
+fn is_missing_database(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "3D000")
+}
+
+/// Creates the URL's database from the server's maintenance database `postgres`.
+async fn create_database(settings: &Settings) -> anyhow::Result<()> {
+    let options = db::connect_options(&settings.database).context("database.url")?;
+    let name = options
+        .get_database()
+        .context("database.url names no database")?
+        .to_owned();
+    let mut maintenance = PgConnection::connect_with(&options.database("postgres"))
+        .await
+        .context("connect to the maintenance database `postgres` to create the database")?;
+    // An identifier cannot be a bind parameter: quote it, doubling any quote inside.
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut maintenance)
+        .await
+        .with_context(|| format!("create database {quoted}"))?;
+    tracing::info!(database = %settings.database.url, "created the database");
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub struct Settings {
     pub jwks: JwksSettings,
     /// Graceful stop.
     pub shutdown: ShutdownSettings,
+    /// The health and metrics endpoint.
+    pub http: HttpSettings,
     /// Log output.
     pub log: LogSettings,
 }
@@ -40,6 +42,9 @@ pub struct RedisSettings {
     pub url: ServiceUrl,
     /// Password, overriding one in the URL.
     pub password: Option<Secret>,
+    /// A file holding the password (a systemd credential or a mounted secret); wins over
+    /// `password`.
+    pub password_file: Option<PathBuf>,
     /// Connections in the command pool.
     pub pool_size: usize,
     /// Time limit for one command or pipeline, in milliseconds.
@@ -51,6 +56,7 @@ impl Default for RedisSettings {
         Self {
             url: ServiceUrl("redis://127.0.0.1:6379".into()),
             password: None,
+            password_file: None,
             pool_size: 8,
             command_timeout_ms: 5_000,
         }
@@ -70,6 +76,10 @@ impl RedisSettings {
 pub struct DatabaseSettings {
     /// `postgres://` URL; a password inside it is accepted.
     pub url: ServiceUrl,
+    /// Password, overriding one in the URL.
+    pub password: Option<Secret>,
+    /// A file holding the password; wins over `password`.
+    pub password_file: Option<PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
     /// Time limit for connecting or taking a pooled connection, in milliseconds.
@@ -82,6 +92,8 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: ServiceUrl("postgres://postgres@127.0.0.1:5432/dicom".into()),
+            password: None,
+            password_file: None,
             max_connections: 4,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 10_000,
@@ -259,6 +271,22 @@ impl ShutdownSettings {
     }
 }
 
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of `/healthz`, `/readyz` and `/metrics`, such as `0.0.0.0:9464`.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -414,11 +442,49 @@ impl Settings {
             )
             .build()
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let settings: Settings = layered
+        let mut settings: Settings = layered
             .try_deserialize()
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        settings.read_password_files()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Replaces each password by the content of its `password_file`, when one is given.
+    fn read_password_files(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (key, file, password) in [
+            (
+                "redis.password_file",
+                &self.redis.password_file,
+                &mut self.redis.password,
+            ),
+            (
+                "database.password_file",
+                &self.database.password_file,
+                &mut self.database.password,
+            ),
+        ] {
+            let Some(file) = file else { continue };
+            match std::fs::read_to_string(file) {
+                // One trailing newline is what `echo` and most secret tools add.
+                Ok(text) => {
+                    *password = Some(Secret(
+                        text.strip_suffix('\n')
+                            .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t))
+                            .to_owned(),
+                    ))
+                }
+                Err(error) => {
+                    problems.push(format!("{key}: cannot read {}: {error}", file.display()))
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 
     /// Checks every value that deserialized but cannot work, reporting all of them.
@@ -499,13 +565,10 @@ impl Settings {
             "stream.max_deliveries",
             "must be at least 1",
         );
-        // A batch may legitimately take a read, a query and two round trips, each bounded
-        // by its timeout; reclaiming sooner would hand live work to a second consumer.
-        let longest_batch_ms = self.stream.block_ms
-            + self.database.statement_timeout_ms
-            + 3 * self.redis.command_timeout_ms;
+        // Reclaiming sooner than a batch can take would hand live work to a second consumer.
+        let longest_batch_ms = self.longest_batch().as_millis();
         check(
-            self.stream.claim_idle_ms > longest_batch_ms,
+            u128::from(self.stream.claim_idle_ms) > longest_batch_ms,
             "stream.claim_idle_ms",
             &format!(
                 "must exceed the longest batch ({longest_batch_ms} ms: stream.block_ms + \
@@ -558,6 +621,11 @@ impl Settings {
             "must be between 1 and 3600",
         );
         check(
+            self.http.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "http.listen",
+            "must be an address and port such as 0.0.0.0:9464",
+        );
+        check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
             "must be a tracing filter such as `info` or `dicom_cache_warmer=debug`",
@@ -567,6 +635,22 @@ impl Settings {
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// The longest a batch may legitimately take: a read, a query and three round trips,
+    /// each bounded by its timeout.
+    pub fn longest_batch(&self) -> Duration {
+        Duration::from_millis(
+            self.stream.block_ms
+                + self.database.statement_timeout_ms
+                + 3 * self.redis.command_timeout_ms,
+        )
+    }
+
+    /// The main loop is considered wedged when silent this long: two of the longest
+    /// batches plus the longest backoff between retries.
+    pub fn liveness_max_silence(&self) -> Duration {
+        2 * self.longest_batch() + crate::backoff::MAX_DELAY
     }
 
     /// The effective settings as TOML, secrets redacted (for `check-config`).
@@ -713,6 +797,46 @@ mod tests {
     fn an_unknown_key_is_refused_by_name() {
         let err = load("", None, &[("DCW__STREAM__BATCHSIZE", "3")]).expect_err("invalid");
         assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_read_from_files_without_the_trailing_newline() {
+        let redis = toml_file("from-file\n");
+        let database = toml_file("db-secret\r\n");
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__REDIS__PASSWORD", "from-env"),
+                (
+                    "DCW__REDIS__PASSWORD_FILE",
+                    &redis.path().display().to_string(),
+                ),
+                (
+                    "DCW__DATABASE__PASSWORD_FILE",
+                    &database.path().display().to_string(),
+                ),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.redis.password.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert_eq!(
+            s.database.password.as_ref().map(Secret::expose),
+            Some("db-secret")
+        );
+        let err = load(
+            "",
+            None,
+            &[("DCW__DATABASE__PASSWORD_FILE", "/nonexistent/pw")],
+        )
+        .expect_err("missing file");
+        assert!(
+            err.0[0].starts_with("database.password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
     }
 
     #[test]

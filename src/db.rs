@@ -13,12 +13,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connection options from the settings, with the server-side statement timeout.
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(settings.url.expose())?
+    let options = PgConnectOptions::from_str(settings.url.expose())?
         .application_name("dicom-cache-warmer")
         .options([(
             "statement_timeout",
             format!("{}ms", settings.statement_timeout_ms),
-        )]))
+        )]);
+    Ok(match &settings.password {
+        Some(password) => options.password(password.expose()),
+        None => options,
+    })
 }
 
 /// A pool that connects on first use, so an unreachable database never stops start-up.

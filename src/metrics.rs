@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
-use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use std::sync::OnceLock;
+
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::health::Service;
 use crate::pipeline::BatchReport;
+use crate::stream::Backlog;
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -37,8 +42,22 @@ pub enum RecheckOutcome {
     Skipped,
 }
 
-/// Installs the global recorder and describes every metric; the handle renders them.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+/// The process-wide recorder, installed on first use; `None` when another recorder was
+/// installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match install() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("dcw_batch_entries".into()), &SIZE_BUCKETS)?
@@ -100,6 +119,21 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Count,
         "Failed calls, by service"
     );
+    describe_gauge!(
+        "dcw_stream_lag",
+        Unit::Count,
+        "Entries in the stream not yet delivered to the group"
+    );
+    describe_gauge!(
+        "dcw_stream_pending",
+        Unit::Count,
+        "Entries delivered and not yet acknowledged"
+    );
+    describe_gauge!(
+        "dcw_dead_letter_length",
+        Unit::Count,
+        "Entries in the dead-letter stream"
+    );
     describe_histogram!("dcw_batch_entries", Unit::Count, "Entries per batch");
     describe_histogram!(
         "dcw_batch_duration_seconds",
@@ -153,6 +187,17 @@ pub fn entries_reclaimed(count: usize) {
 /// Counts idle consumers deleted.
 pub fn consumers_deleted(count: usize) {
     counter!("dcw_consumers_deleted_total").increment(count as u64);
+}
+
+/// Sets the group's lag, pending count and dead-letter length, as last read.
+pub fn stream_gauges(backlog: Option<Backlog>, dead_letters: u64) {
+    if let Some(backlog) = backlog {
+        gauge!("dcw_stream_pending").set(backlog.pending as f64);
+        if let Some(lag) = backlog.lag {
+            gauge!("dcw_stream_lag").set(lag as f64);
+        }
+    }
+    gauge!("dcw_dead_letter_length").set(dead_letters as f64);
 }
 
 /// Counts a failed call to `service`.

@@ -111,7 +111,7 @@ async fn load(settings: &Settings, args: &DatasetArgs) -> anyhow::Result<()> {
 }
 
 async fn drain(mut settings: Settings, args: &DatasetArgs) -> anyhow::Result<()> {
-    let recorder = metrics::install()?;
+    let recorder = metrics::handle().context("metrics recorder")?;
     let id = format!(
         "{}{}",
         std::process::id(),
@@ -122,11 +122,12 @@ async fn drain(mut settings: Settings, args: &DatasetArgs) -> anyhow::Result<()>
     settings.database.url = ServiceUrl::from(url.as_str());
     settings.stream.key = format!("dcw-bench:{id}:ingest");
     settings.stream.dead_letter_key = format!("dcw-bench:{id}:dead");
+    settings.http.listen = "127.0.0.1:0".into();
     let tenant_prefix = format!("bench{id}t");
     let dataset = Dataset::generate(&args.spec(&tenant_prefix));
 
     Postgres::create_database(settings.database.url.expose()).await?;
-    let outcome = measure(&settings, &dataset, &recorder).await;
+    let outcome = measure(&settings, &dataset, recorder).await;
     cleanup(&settings, &tenant_prefix).await;
     let figures = outcome?;
     figures.print(args);
@@ -191,7 +192,7 @@ impl Figures {
 async fn measure(
     settings: &Settings,
     dataset: &Dataset,
-    recorder: &metrics_exporter_prometheus::PrometheusHandle,
+    recorder: &'static metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<Figures> {
     let pool = db::lazy_pool(&settings.database)?;
     db::MIGRATOR.run(&pool).await?;

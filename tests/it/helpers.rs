@@ -84,6 +84,7 @@ impl TestEnv {
         settings.stream.group = format!("it-{id}");
         settings.stream.consumer = format!("it-{id}-consumer");
         settings.stream.block_ms = 200;
+        settings.http.listen = "127.0.0.1:0".into();
         settings.validate().expect("test settings are valid");
 
         let db = db::lazy_pool(&settings.database).expect("pool");

@@ -1,0 +1,97 @@
+//! The HTTP endpoint of the real binary: liveness, readiness and metrics.
+
+use std::process::Stdio;
+
+use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+use crate::helpers::{TestEnv, wait_for};
+
+/// A free loopback port (taken, then released for the daemon to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// GETs `path` and returns the status code and the body; `None` while nothing listens.
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of an unlabelled counter or gauge in Prometheus text, 0 when absent.
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events() {
+    let env = TestEnv::new().await;
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DCW__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+
+    wait_for("readiness", || async {
+        get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    let (status, body) = get(port, "/healthz").await.expect("healthz answers");
+    assert_eq!((status, body.as_str()), (200, "live\n"));
+    let (status, body) = get(port, "/metrics").await.expect("metrics answer");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&body, "dcw_entries_acked_total"), 0.0);
+
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        studies: 3,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+    env.wait_until_drained().await;
+
+    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
+    assert_eq!(
+        metric(&body, "dcw_entries_acked_total"),
+        dataset.events.len() as f64
+    );
+    // A study whose events span two reads is filled twice.
+    assert!(metric(&body, "dcw_studies_filled_total") >= 3.0);
+    assert!(metric(&body, "dcw_db_queries_total") >= 1.0);
+    assert!(
+        body.contains("dcw_batch_duration_seconds_bucket"),
+        "latency histogram"
+    );
+    assert!(body.contains("dcw_redis_round_trips_total{op=\"ack\"}"));
+    assert_eq!(get(port, "/nope").await.map(|(s, _)| s), Some(404));
+
+    let pid = daemon.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+}
