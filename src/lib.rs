@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod pipeline;
 pub mod recheck;
 pub mod redis_conn;
+pub mod refresh;
 pub mod shutdown;
 pub mod stream;
 pub mod study;

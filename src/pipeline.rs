@@ -1,22 +1,20 @@
 //! One batch of stream entries through the steps: parse, coalesce by study, read the
 //! database once, write the cache in one round trip, acknowledge in one XACK.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use redis::{RedisError, Value};
+use redis::RedisError;
 use sqlx::PgPool;
 
-use crate::cache;
 use crate::config::Settings;
-use crate::db;
 use crate::event::{self, EventKind};
 use crate::health::Service;
 use crate::ids::{TenantId, Uid};
 use crate::metrics::{self, RoundTrip};
 use crate::recheck::Rechecks;
+use crate::refresh::{self, Plan};
 use crate::stream::{self, StreamEntry};
-use crate::study;
 
 /// The connections and helpers a batch needs.
 #[derive(Clone)]
@@ -119,62 +117,25 @@ pub async fn process_batch(
         }
     }
 
-    // Every study is read, deleted ones included: the database decides. A deleted study
-    // with rows was stored again; one without rows is removed.
-    let to_read: Vec<(&TenantId, &Uid)> = studies
-        .keys()
-        .map(|(tenant, study)| (tenant, study))
+    // Every study is read, deleted ones included: the database decides.
+    let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
+        .iter()
+        .map(|((tenant, study), work)| (tenant, study, work.last_kind))
         .collect();
-    let snapshot = if to_read.is_empty() {
-        db::StudySnapshot::default()
-    } else {
-        report.queried_database = true;
-        let query_started = Instant::now();
-        let snapshot = db::fetch_studies(&services.db, &to_read).await?;
-        metrics::db_query(query_started.elapsed());
-        snapshot
-    };
-    let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
-        study::by_study(&snapshot.rows)
-            .map(|rows| {
-                (
-                    (rows[0].tenant_id.as_str(), rows[0].study_uid.as_str()),
-                    rows,
-                )
-            })
-            .collect();
+    report.queried_database = !requests.is_empty();
+    let plans = refresh::plan(&services.db, settings, &mut pipe, &requests).await?;
 
     let mut written_ids: Vec<&str> = Vec::new();
     let mut filled_studies = Vec::new();
-    // Reply order of the pipeline's scripts, to tell fills from removals.
-    let mut script_kinds: Vec<EventKind> = Vec::new();
-    for ((tenant, study_uid), work) in &studies {
-        let ids = work.entries.iter().map(|e| e.id.as_str());
-        let ttl = cache::jittered_ttl(settings.cache.study_ttl_secs);
-        match (
-            rows_by_study.get(&(tenant.as_str(), study_uid.as_str())),
-            work.last_kind,
-        ) {
-            (Some(rows), _) => {
-                cache::add_fill_study(
-                    &mut pipe,
-                    tenant,
-                    study_uid,
-                    &study::encode(rows),
-                    snapshot.version,
-                    ttl,
-                );
-                script_kinds.push(EventKind::Stored);
-                tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), entries = work.entries.len(), "filling study");
-                written_ids.extend(ids);
-                filled_studies.push((tenant.clone(), study_uid.clone()));
+    for (((tenant, study_uid), work), plan) in studies.iter().zip(&plans) {
+        match plan {
+            Plan::Fill | Plan::Remove => {
+                written_ids.extend(work.entries.iter().map(|e| e.id.as_str()));
+                if *plan == Plan::Fill {
+                    filled_studies.push((tenant.clone(), study_uid.clone()));
+                }
             }
-            (None, EventKind::Deleted) => {
-                cache::add_remove_study(&mut pipe, tenant, study_uid, snapshot.version, ttl);
-                script_kinds.push(EventKind::Deleted);
-                written_ids.extend(ids);
-            }
-            (None, EventKind::Stored) => {
+            Plan::Missing => {
                 report.studies_waiting += 1;
                 // Its entries stay pending and are claimed again after claim_idle_ms;
                 // those delivered max_deliveries times have had their chances.
@@ -199,17 +160,10 @@ pub async fn process_batch(
 
     let mut con = services.redis.get().await?;
     metrics::round_trip(RoundTrip::PoolCheck);
-    if !pipe.is_empty() {
-        let replies: Vec<Value> = pipe.query_async(&mut *con).await?;
-        metrics::round_trip(RoundTrip::Write);
-        for (kind, reply) in script_kinds.iter().zip(replies) {
-            match (kind, reply) {
-                (EventKind::Stored, Value::Int(1)) => report.studies_filled += 1,
-                (EventKind::Deleted, Value::Int(1)) => report.studies_removed += 1,
-                _ => report.studies_stale += 1,
-            }
-        }
-    }
+    let written = refresh::send(&mut *con, &pipe, &plans).await?;
+    report.studies_filled = written.filled;
+    report.studies_removed = written.removed;
+    report.studies_stale = written.stale;
     ack_ids.extend(written_ids);
     services.rechecks.schedule(filled_studies);
     report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
