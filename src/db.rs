@@ -2,11 +2,18 @@
 
 use std::str::FromStr;
 
+use chrono::NaiveDate;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 use crate::ids::{TenantId, Uid};
 use crate::study::DicomStateMeta;
+
+/// The `WHERE` conditions of a [`StudyFilter`], bound as `$1` to `$3` (constant text: no
+/// value is ever formatted into SQL).
+const FILTER: &str = "(cardinality($1::text[]) = 0 OR tenant_id = ANY($1))
+    AND ($2::date IS NULL OR study_date >= $2)
+    AND ($3::date IS NULL OR study_date <= $3)";
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -94,4 +101,52 @@ pub async fn fetch_studies(
         rows: rows.into_iter().map(|r| r.meta).collect(),
         version,
     })
+}
+
+/// Which studies `warm` selects: all of them when every field is empty.
+#[derive(Debug, Clone, Default)]
+pub struct StudyFilter {
+    /// Only these tenants (all when empty).
+    pub tenants: Vec<String>,
+    /// Only studies on or after this date.
+    pub from: Option<NaiveDate>,
+    /// Only studies on or before this date.
+    pub to: Option<NaiveDate>,
+}
+
+/// Counts the studies the filter selects.
+pub async fn count_studies(pool: &PgPool, filter: &StudyFilter) -> Result<i64, sqlx::Error> {
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT DISTINCT tenant_id, study_uid FROM dicom_state_meta WHERE {FILTER}) s"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(&filter.tenants)
+        .bind(filter.from)
+        .bind(filter.to)
+        .fetch_one(pool)
+        .await
+}
+
+/// The next `limit` (tenant, study) pairs the filter selects after `after`, in key order
+/// (keyset pagination on the primary key).
+pub async fn list_studies(
+    pool: &PgPool,
+    filter: &StudyFilter,
+    after: &(String, String),
+    limit: usize,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT DISTINCT tenant_id, study_uid FROM dicom_state_meta
+         WHERE {FILTER} AND (tenant_id, study_uid) > ($4, $5)
+         ORDER BY tenant_id, study_uid LIMIT $6"
+    );
+    sqlx::query_as(&sql)
+        .bind(&filter.tenants)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(&after.0)
+        .bind(&after.1)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
 }

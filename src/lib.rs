@@ -34,3 +34,4 @@ pub mod stream;
 pub mod study;
 pub mod synthetic;
 pub mod telemetry;
+pub mod warm;

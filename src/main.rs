@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use dicom_cache_warmer::config::Settings;
+use dicom_cache_warmer::warm::{self, WarmArgs};
 use dicom_cache_warmer::{app, commands, shutdown, telemetry};
 
 /// Keeps a DICOMweb server's Redis study cache warm from ingest events.
@@ -27,6 +28,8 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and test the connections.
     CheckConfig,
+    /// Fill the cache for studies already in the database (Ctrl-C stops; safe to re-run).
+    Warm(WarmArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,11 @@ fn main() -> ExitCode {
             Command::Run => run_daemon(settings).await,
             Command::Migrate => commands::migrate(&settings).await,
             Command::CheckConfig => commands::check_config(&settings).await,
+            Command::Warm(args) => {
+                let summary = warm::run(&settings, &args, shutdown::on_signals()?).await?;
+                println!("{summary}");
+                Ok(())
+            }
         }
     });
     match result {

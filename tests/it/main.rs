@@ -1,9 +1,13 @@
 //! Integration tests against real Redis and PostgreSQL, one module per feature.
 
 mod bad_input;
+mod chaos;
+mod chaos_support;
 mod endpoint;
 mod helpers;
+mod parser_props;
 mod reliability;
 mod server_schema;
 mod shutdown;
+mod warm;
 mod warming;
