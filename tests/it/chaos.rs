@@ -1,0 +1,445 @@
+//! Never lose an event, never serve a stale one: daemons killed mid-batch, a replica
+//! killed and restarted again and again, Redis restarted and PostgreSQL cut off, all under
+//! load. Afterwards every study key equals its rows, every entry was acknowledged exactly
+//! once as first acknowledgement, and nothing was dead-lettered.
+//!
+//! Each test prints one line of figures (`cargo test --test it chaos -- --nocapture`).
+//! They come from the replicas' own logs: an entry counts as acknowledged when an XACK
+//! returned it as still pending (so each entry counts once over all replicas); entries
+//! lost are those published and never so acknowledged; duplicates are entries of finished
+//! batches that an earlier XACK had already acknowledged (work a killed batch did before it
+//! could acknowledge is not seen). When Redis itself goes down, an XACK it applied may lose
+//! its reply: the batch is retried and its entries count as duplicates instead, so there
+//! the check is that acknowledged and duplicates together cover every entry.
+
+use std::time::Duration;
+
+use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::time::Instant;
+
+use crate::chaos_support::{
+    CacheCheck, CuttableProxy, IngestLoad, LogFigures, PrivateRedis, Replica, backlog, check_cache,
+    consumer_pending, consumers, database_address, database_url_via, kill_holding_entries,
+    stream_length,
+};
+use crate::helpers::{TestEnv, wait_for};
+
+fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
+    Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 3,
+        studies,
+        max_series: 4,
+        min_instances: 10,
+        max_instances: 60,
+        seed,
+    })
+}
+
+/// Small batches, so that a fault finds work in hand.
+fn small_batches() -> (&'static str, String) {
+    ("DCW__STREAM__BATCH_SIZE", "20".into())
+}
+
+/// The end state of a chaos test and how it got there.
+struct Outcome<'a> {
+    test: &'a str,
+    published: usize,
+    cache: CacheCheck,
+    replicas: Vec<LogFigures>,
+    pending_at_end: usize,
+    undelivered_at_end: usize,
+    dead_lettered: usize,
+    /// Whether Redis went down (so that an XACK's reply could be lost).
+    redis_faulted: bool,
+    fault: String,
+    recovery: String,
+}
+
+impl Outcome<'_> {
+    /// Prints the figures, then asserts that nothing was lost, stale or dead-lettered.
+    fn report_and_check(&self) {
+        let first_acks: usize = self.replicas.iter().map(LogFigures::first_acks).sum();
+        let duplicates: usize = self.replicas.iter().map(|r| r.ack_shortfall).sum();
+        let lost = if self.redis_faulted {
+            self.published.saturating_sub(first_acks + duplicates)
+        } else {
+            self.published.saturating_sub(first_acks)
+        };
+        eprintln!(
+            "{}: events published {}, studies expected {}, studies correct {}, entries lost {} \
+             (acknowledged {}, pending {}, undelivered {}), dead-lettered {}, duplicates \
+             processed {}, {}, recovery: {}",
+            self.test,
+            self.published,
+            self.cache.expected,
+            self.cache.correct,
+            lost,
+            first_acks,
+            self.pending_at_end,
+            self.undelivered_at_end,
+            self.dead_lettered,
+            duplicates,
+            self.fault,
+            self.recovery,
+        );
+        // What the replicas warned about, to explain a failure.
+        let warnings: Vec<&String> = self.replicas.iter().flat_map(|r| &r.warnings).collect();
+        let warnings = &warnings[warnings.len().saturating_sub(20)..];
+        assert!(self.published > 0, "a load was published");
+        assert_eq!(
+            self.cache.correct, self.cache.expected,
+            "study keys that do not equal their rows: {:#?}\nlast warnings: {warnings:#?}",
+            self.cache.wrong
+        );
+        assert_eq!(self.pending_at_end, 0, "entries left pending");
+        assert_eq!(self.undelivered_at_end, 0, "entries never delivered");
+        assert_eq!(
+            lost, 0,
+            "every published entry was acknowledged; last warnings: {warnings:#?}"
+        );
+        assert!(
+            first_acks <= self.published,
+            "no entry is acknowledged twice as first acknowledgement"
+        );
+        assert_eq!(self.dead_lettered, 0, "a fault never dead-letters");
+        let logged_dead: usize = self.replicas.iter().map(|r| r.dead_lettered).sum();
+        assert_eq!(logged_dead, 0, "no replica logged a dead letter");
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_daemon_mid_batch_loses_nothing() {
+    let env = TestEnv::new().await;
+    let dataset = dataset(&env, 30, 11);
+    let stream = &env.settings.stream;
+    let load = IngestLoad {
+        chunk: 40,
+        pace: Duration::from_millis(40),
+    }
+    .spawn(
+        &dataset,
+        env.db.clone(),
+        env.redis.clone(),
+        stream.key.clone(),
+    );
+
+    let first = Replica::start(&env, &[small_batches()]).await;
+    let dead_consumer = first.consumer.clone();
+    let (orphaned, first) = kill_holding_entries(first, &env.redis, stream).await;
+    let killed = Instant::now();
+    assert!(!load.is_finished(), "the daemon was killed under load");
+    assert!(orphaned > 0, "the killed daemon left a batch pending");
+
+    let second = Replica::start(&env, &[small_batches()]).await;
+    assert_ne!(
+        second.consumer, dead_consumer,
+        "a new process, a new consumer"
+    );
+    wait_for("the dead consumer's entries to be reclaimed", || async {
+        consumer_pending(&env.redis, stream, &dead_consumer).await == 0
+    })
+    .await;
+    let taken_over = killed.elapsed();
+    let published = load.finish().await;
+    env.wait_until_drained().await;
+    let drained = killed.elapsed();
+    wait_for("the dead consumer to be deleted", || async {
+        !env.consumers().await.contains(&dead_consumer)
+    })
+    .await;
+    let second = second.stop().await;
+    assert!(
+        second.reclaimed >= orphaned,
+        "the second daemon reclaimed the {orphaned} entries the first left ({} reclaimed)",
+        second.reclaimed
+    );
+
+    let end = env.backlog().await;
+    Outcome {
+        test: "killing_a_daemon_mid_batch_loses_nothing",
+        published,
+        cache: check_cache(&env.redis, &dataset.rows).await,
+        replicas: vec![first, second.clone()],
+        pending_at_end: end.pending,
+        undelivered_at_end: end.lag.unwrap_or(usize::MAX),
+        dead_lettered: env.dead_letters().await.len(),
+        redis_faulted: false,
+        fault: format!(
+            "kill -9 with {orphaned} entries in hand, {} reclaimed by the second daemon",
+            second.reclaimed
+        ),
+        recovery: format!(
+            "orphaned entries acknowledged {} after the kill, stream drained {} after",
+            seconds(taken_over),
+            seconds(drained)
+        ),
+    }
+    .report_and_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
+    const REPLICAS: usize = 3;
+    const KILLS: usize = 4;
+    let env = TestEnv::new().await;
+    let dataset = dataset(&env, 60, 12);
+    let stream = &env.settings.stream;
+    let mut replicas = Vec::new();
+    for _ in 0..REPLICAS {
+        replicas.push(Replica::start(&env, &[small_batches()]).await);
+    }
+    let load = IngestLoad {
+        chunk: 50,
+        pace: Duration::from_millis(40),
+    }
+    .spawn(
+        &dataset,
+        env.db.clone(),
+        env.redis.clone(),
+        stream.key.clone(),
+    );
+
+    let mut figures = Vec::new();
+    let mut orphaned = Vec::new();
+    let mut slowest_takeover = Duration::ZERO;
+    let mut kills_under_load = 0;
+    let mut most_consumers = 0;
+    for _ in 0..KILLS {
+        let victim = replicas.pop().expect("a replica to kill");
+        let dead_consumer = victim.consumer.clone();
+        let (held, killed) = kill_holding_entries(victim, &env.redis, stream).await;
+        let killed_at = Instant::now();
+        kills_under_load += usize::from(!load.is_finished());
+        orphaned.push(held);
+        figures.push(killed);
+        let restarted = Replica::start(&env, &[small_batches()]).await;
+        wait_for("the restarted replica to join the group", || async {
+            env.consumers().await.contains(&restarted.consumer)
+        })
+        .await;
+        most_consumers = most_consumers.max(consumers(&env.redis, stream).await.len());
+        replicas.push(restarted);
+        wait_for("the dead consumer's entries to be reclaimed", || async {
+            consumer_pending(&env.redis, stream, &dead_consumer).await == 0
+        })
+        .await;
+        slowest_takeover = slowest_takeover.max(killed_at.elapsed());
+    }
+    let published = load.finish().await;
+    env.wait_until_drained().await;
+    let live: std::collections::BTreeSet<String> =
+        replicas.iter().map(|r| r.consumer.clone()).collect();
+    wait_for("the dead consumers to be deleted", || async {
+        let names: std::collections::BTreeSet<String> = env.consumers().await.into_iter().collect();
+        names == live
+    })
+    .await;
+    for replica in replicas {
+        assert_eq!(
+            consumer_pending(&env.redis, stream, &replica.consumer).await,
+            0
+        );
+        figures.push(replica.stop().await);
+    }
+    assert!(kills_under_load >= 2, "replicas were killed under load");
+    assert!(
+        most_consumers > REPLICAS,
+        "a killed replica stays a consumer until deleted"
+    );
+
+    let end = env.backlog().await;
+    let reclaimed: usize = figures.iter().map(|f| f.reclaimed).sum();
+    Outcome {
+        test: "three_replicas_survive_one_being_killed_and_restarted_repeatedly",
+        published,
+        cache: check_cache(&env.redis, &dataset.rows).await,
+        replicas: figures,
+        pending_at_end: end.pending,
+        undelivered_at_end: end.lag.unwrap_or(usize::MAX),
+        dead_lettered: env.dead_letters().await.len(),
+        redis_faulted: false,
+        fault: format!(
+            "{KILLS} kill -9 ({kills_under_load} under load) leaving {orphaned:?} entries in hand, \
+             {reclaimed} reclaimed, consumers up to {most_consumers} then back to {REPLICAS}"
+        ),
+        recovery: format!(
+            "slowest takeover of a dead replica's entries {}",
+            seconds(slowest_takeover)
+        ),
+    }
+    .report_and_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_drain_loses_nothing() {
+    let env = TestEnv::new().await;
+    let mut redis = PrivateRedis::start().await;
+    let dataset = dataset(&env, 40, 13);
+    dataset.insert(&env.db).await.expect("insert rows");
+    let stream = &env.settings.stream;
+    dataset
+        .publish(&mut redis.connection().await, &stream.key)
+        .await
+        .expect("publish");
+    let published = dataset.events.len();
+
+    let mut replica = Replica::start(
+        &env,
+        &[
+            ("DCW__REDIS__URL", redis.url()),
+            ("DCW__STREAM__BATCH_SIZE", "10".into()),
+        ],
+    )
+    .await;
+    wait_for(
+        "the daemon to have acknowledged a few hundred entries",
+        || {
+            let done = replica.figures().entries_done;
+            async move { done >= 300 }
+        },
+    )
+    .await;
+    let before = backlog(&redis.connection().await, stream).await;
+    assert!(!before.is_drained(), "stopped mid-drain: {before:?}");
+    let stopped = Instant::now();
+    redis.stop().await;
+    let outage = Duration::from_secs(3);
+    tokio::time::sleep(outage).await;
+    assert!(replica.is_running(), "the daemon outlives the outage");
+    assert!(
+        replica.figures().saw_outage_of("redis", stopped),
+        "the daemon noticed the outage"
+    );
+    redis.restart().await;
+    let restarted = Instant::now();
+    let con = redis.connection().await;
+    wait_for("the group to drain after the restart", || async {
+        backlog(&con, stream).await.is_drained()
+    })
+    .await;
+    let drained = restarted.elapsed();
+    let figures = replica.stop().await;
+    let reconnected = figures.back_after("redis", restarted);
+
+    assert_eq!(
+        stream_length(&con, &stream.key).await,
+        published,
+        "the append-only file kept every entry"
+    );
+    let end = backlog(&con, stream).await;
+    Outcome {
+        test: "a_redis_restart_mid_drain_loses_nothing",
+        published,
+        cache: check_cache(&con, &dataset.rows).await,
+        replicas: vec![figures],
+        pending_at_end: end.pending,
+        undelivered_at_end: end.lag.unwrap_or(usize::MAX),
+        dead_lettered: stream_length(&con, &stream.dead_letter_key).await,
+        redis_faulted: true,
+        fault: format!(
+            "redis down {} with {} pending and {} undelivered",
+            seconds(outage),
+            before.pending,
+            before.lag.unwrap_or(0)
+        ),
+        recovery: format!(
+            "reconnected {} after the restart, drained {} after",
+            reconnected.map_or("(not logged)".into(), seconds),
+            seconds(drained)
+        ),
+    }
+    .report_and_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
+    let env = TestEnv::new().await;
+    let proxy = CuttableProxy::start(database_address(&env.settings)).await;
+    let dataset = dataset(&env, 40, 14);
+    let stream = &env.settings.stream;
+    let mut replica = Replica::start(
+        &env,
+        &[
+            (
+                "DCW__DATABASE__URL",
+                database_url_via(&env.settings, proxy.port),
+            ),
+            small_batches(),
+        ],
+    )
+    .await;
+    // The load commits rows straight to PostgreSQL: only the daemon is cut off.
+    let load = IngestLoad {
+        chunk: 40,
+        pace: Duration::from_millis(60),
+    }
+    .spawn(
+        &dataset,
+        env.db.clone(),
+        env.redis.clone(),
+        stream.key.clone(),
+    );
+    wait_for("the daemon to have acknowledged some entries", || {
+        let done = replica.figures().entries_done;
+        async move { done >= 100 }
+    })
+    .await;
+
+    proxy.cut();
+    let cut = Instant::now();
+    let outage = Duration::from_secs(10);
+    tokio::time::sleep(outage).await;
+    assert!(replica.is_running(), "the daemon outlives the outage");
+    assert!(
+        replica.figures().saw_outage_of("postgres", cut),
+        "the daemon noticed the outage"
+    );
+    let during = env.backlog().await;
+    assert!(
+        !during.is_drained(),
+        "work piled up during the outage: {during:?}"
+    );
+    let load_done_in_outage = load.is_finished();
+    proxy.restore();
+    let restored = Instant::now();
+    let published = load.finish().await;
+    env.wait_until_drained().await;
+    let drained = restored.elapsed();
+    let figures = replica.stop().await;
+    let reconnected = figures.back_after("postgres", restored);
+
+    let end = env.backlog().await;
+    Outcome {
+        test: "postgres_cut_off_for_ten_seconds_loses_nothing",
+        published,
+        cache: check_cache(&env.redis, &dataset.rows).await,
+        replicas: vec![figures],
+        pending_at_end: end.pending,
+        undelivered_at_end: end.lag.unwrap_or(usize::MAX),
+        dead_lettered: env.dead_letters().await.len(),
+        redis_faulted: false,
+        fault: format!(
+            "postgres cut off {} with {} pending and {} undelivered at its end (load {} during \
+             the outage)",
+            seconds(outage),
+            during.pending,
+            during.lag.unwrap_or(0),
+            if load_done_in_outage {
+                "finished"
+            } else {
+                "still running"
+            }
+        ),
+        recovery: format!(
+            "postgres reachable again {} after the restore, drained {} after",
+            reconnected.map_or("(not logged)".into(), seconds),
+            seconds(drained)
+        ),
+    }
+    .report_and_check();
+}
