@@ -15,6 +15,7 @@ use crate::health::{Health, Service};
 use crate::metrics::{self, RoundTrip};
 use crate::pipeline::{self, BatchError, Services};
 use crate::recheck::Rechecks;
+use crate::series_builder::{self, Builder};
 use crate::stream::{self, StreamEntry};
 use crate::{db, http, monitor, redis_conn};
 
@@ -32,6 +33,10 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
             settings.cache.negative_recheck(),
             cancel.clone(),
         ),
+        schedule: settings
+            .series
+            .roots()
+            .map(|_| series_builder::schedule_of(&settings)),
         redis,
         db: db::lazy_pool(&settings.database).context("database.url")?,
     };
@@ -55,6 +60,12 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         cancel.clone(),
     ));
     tokio::spawn(monitor::watchdog(health.clone(), cancel.clone()));
+    let builder = Builder::new(
+        settings.clone(),
+        services.db.clone(),
+        services.redis.clone(),
+    )
+    .map(|builder| tokio::spawn(builder.run(cancel.clone())));
     let mut reader = Reader::default();
     let mut backoff = Backoff::default();
     // Entries left by a crashed or stopped consumer are looked for at once, then regularly.
@@ -89,6 +100,10 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
     }
     // Both end on `cancel`; a panic in either is a bug worth exiting non-zero for.
     monitoring.await?;
+    if let Some(builder) = builder {
+        // Builds in hand finish and release their locks.
+        builder.await?;
+    }
     endpoint.await?;
     services.db.close().await;
     tracing::info!("stopped");
@@ -108,7 +123,11 @@ async fn reclaim(
         health.beat();
         let claimed = {
             let mut con = services.redis.get().await?;
-            stream::claim_idle(&mut *con, &settings.stream, &cursor).await?
+            match stream::claim_idle(&mut *con, &settings.stream, &cursor).await {
+                // The group is created by the first read: nothing to claim yet.
+                Err(error) if stream::is_missing_group(&error) => return Ok(()),
+                claimed => claimed?,
+            }
         };
         if claimed.deleted > 0 {
             tracing::warn!(

@@ -213,6 +213,18 @@ pub struct SeriesSettings {
     pub redis_copy: bool,
     /// Upsert the server's `dicom_json_meta` row for each built series.
     pub record_status: bool,
+    /// Base of the BulkDataURIs in series documents (pixel data, large binary values);
+    /// they are left out when unset.
+    pub bulkdata_base_url: Option<String>,
+    /// Series documents built at the same time.
+    pub max_concurrent_builds: usize,
+}
+
+impl SeriesSettings {
+    /// The two roots, when series documents are on.
+    pub fn roots(&self) -> Option<(&Path, &Path)> {
+        Some((self.dicom_root.as_deref()?, self.json_root.as_deref()?))
+    }
 }
 
 impl Default for SeriesSettings {
@@ -224,6 +236,8 @@ impl Default for SeriesSettings {
             max_delay_ms: 30_000,
             redis_copy: false,
             record_status: false,
+            bulkdata_base_url: None,
+            max_concurrent_builds: 2,
         }
     }
 }

@@ -18,6 +18,33 @@ pub fn study_negative_flag(tenant: &TenantId, study: &Uid) -> String {
     format!("db:{tenant}:study:{study}:metadata")
 }
 
+/// `wado:{tenant}:series:{series}:json_generating`: `"1"` while the series document is being
+/// built; the daemon holds it as a lock.
+pub fn series_lock(tenant: &TenantId, series: &Uid) -> String {
+    format!("wado:{tenant}:series:{series}:json_generating")
+}
+
+/// `wado:{tenant}:series:{series}:json_generating:owner`: the random token of the lock's
+/// holder.
+pub fn series_lock_owner(tenant: &TenantId, series: &Uid) -> String {
+    format!("wado:{tenant}:series:{series}:json_generating:owner")
+}
+
+/// `wado:{tenant}:series:{series}:metadata`: the optional Redis copy of the series document.
+pub fn series_metadata(tenant: &TenantId, series: &Uid) -> String {
+    format!("wado:{tenant}:series:{series}:metadata")
+}
+
+/// `dcw:{group}:series:due`: series waiting for their build, scored by due time (ms).
+pub fn series_schedule(group: &str) -> String {
+    format!("dcw:{group}:series:due")
+}
+
+/// `dcw:{group}:series:first`: when each scheduled series got its first pending event.
+pub fn series_first_event(group: &str) -> String {
+    format!("dcw:{group}:series:first")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +64,18 @@ mod tests {
         assert_eq!(
             study_version(&t, &s),
             "wado:1234567890:study:1.2.3:metadata:version"
+        );
+        assert_eq!(
+            series_lock(&t, &s),
+            "wado:1234567890:series:1.2.3:json_generating"
+        );
+        assert_eq!(
+            series_lock_owner(&t, &s),
+            "wado:1234567890:series:1.2.3:json_generating:owner"
+        );
+        assert_eq!(
+            series_metadata(&t, &s),
+            "wado:1234567890:series:1.2.3:metadata"
         );
     }
 }

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use crate::health::Service;
 use crate::pipeline::BatchReport;
+use crate::series_builder::BuildOutcome;
 use crate::stream::Backlog;
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
@@ -134,6 +135,21 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Count,
         "Entries in the dead-letter stream"
     );
+    describe_counter!(
+        "dcw_series_builds_total",
+        Unit::Count,
+        "Scheduled series handled, by result: built, failed, lock_busy (contention), lock_lost, gone, interrupted"
+    );
+    describe_counter!(
+        "dcw_series_instances_total",
+        Unit::Count,
+        "Instances in published series documents"
+    );
+    describe_histogram!(
+        "dcw_series_build_duration_seconds",
+        Unit::Seconds,
+        "Time to build and publish one series document"
+    );
     describe_histogram!("dcw_batch_entries", Unit::Count, "Entries per batch");
     describe_histogram!(
         "dcw_batch_duration_seconds",
@@ -198,6 +214,27 @@ pub fn stream_gauges(backlog: Option<Backlog>, dead_letters: u64) {
         }
     }
     gauge!("dcw_dead_letter_length").set(dead_letters as f64);
+}
+
+/// Records what became of one scheduled series.
+pub fn series_build(outcome: &BuildOutcome, elapsed: Duration) {
+    let result = match outcome {
+        BuildOutcome::Built { instances, .. } => {
+            counter!("dcw_series_instances_total").increment(*instances as u64);
+            histogram!("dcw_series_build_duration_seconds").record(elapsed);
+            "built"
+        }
+        BuildOutcome::Busy => "lock_busy",
+        BuildOutcome::Gone => "gone",
+        BuildOutcome::Failed(_) => "failed",
+        BuildOutcome::LockLost => "lock_lost",
+    };
+    counter!("dcw_series_builds_total", "result" => result).increment(1);
+}
+
+/// Counts a series build interrupted by a Redis or PostgreSQL fault (retried later).
+pub fn series_build_interrupted() {
+    counter!("dcw_series_builds_total", "result" => "interrupted").increment(1);
 }
 
 /// Counts a failed call to `service`.

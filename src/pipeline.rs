@@ -1,7 +1,8 @@
 //! One batch of stream entries through the steps: parse, coalesce by study, read the
 //! database once, write the cache in one round trip, acknowledge in one XACK.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Instant;
 
 use redis::RedisError;
@@ -14,7 +15,9 @@ use crate::ids::{TenantId, Uid};
 use crate::metrics::{self, RoundTrip};
 use crate::recheck::Rechecks;
 use crate::refresh::{self, Plan};
+use crate::schedule::{Schedule, SeriesRef};
 use crate::stream::{self, StreamEntry};
+use crate::{keys, series_builder};
 
 /// The connections and helpers a batch needs.
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct Services {
     pub db: PgPool,
     /// The second look at negative flags after each fill.
     pub rechecks: Rechecks,
+    /// The series build schedule, when series documents are on.
+    pub schedule: Option<Schedule>,
 }
 
 /// What one batch did.
@@ -76,11 +81,103 @@ impl BatchError {
 struct StudyWork<'a> {
     last_kind: EventKind,
     entries: Vec<&'a StreamEntry>,
+    series: BTreeSet<Uid>,
+}
+
+/// Redis error codes that mean "not now" rather than "never": the batch is retried.
+const TRANSIENT_CODES: [&str; 10] = [
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+    "MISCONF",
+    "NOGROUP",
+];
+
+/// True when Redis answered but refused a command for a reason of the data (a key of the
+/// wrong type, a failing script): retrying the same writes would fail forever.
+fn is_refused_write(error: &BatchError) -> bool {
+    match error {
+        BatchError::Redis(error) => error
+            .code()
+            .is_some_and(|code| !TRANSIENT_CODES.contains(&code)),
+        _ => false,
+    }
 }
 
 /// Processes one batch; entries are acknowledged only once every write they caused has
-/// succeeded, and an error leaves all of them pending.
+/// succeeded, and an infrastructure error leaves all of them pending.
+///
+/// When Redis refuses a write, the batch is split by study to find the study at fault;
+/// that study's entries go to the dead-letter stream with Redis' reason.
 pub async fn process_batch(
+    services: &Services,
+    settings: &Settings,
+    entries: &[StreamEntry],
+) -> Result<BatchReport, BatchError> {
+    match process_once(services, settings, entries).await {
+        Err(error) if is_refused_write(&error) => {
+            Box::pin(isolate(services, settings, entries, error)).await
+        }
+        done => done,
+    }
+}
+
+async fn isolate(
+    services: &Services,
+    settings: &Settings,
+    entries: &[StreamEntry],
+    error: BatchError,
+) -> Result<BatchReport, BatchError> {
+    let mut by_study: BTreeMap<Option<(TenantId, Uid)>, Vec<StreamEntry>> = BTreeMap::new();
+    for entry in entries {
+        let study = event::parse(&entry.fields)
+            .ok()
+            .map(|e| (e.tenant, e.study));
+        by_study.entry(study).or_default().push(entry.clone());
+    }
+    if by_study.len() == 1 {
+        let reason = format!("redis refused the study's writes: {error}");
+        tracing::error!(entries = entries.len(), %reason, "dead-lettering the entries of one study");
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
+            metrics::dead_lettered("redis_refused");
+        }
+        let mut con = services.redis.get().await?;
+        // A dead-letter stream that refuses entries is a configuration fault: retried.
+        pipe.query_async::<()>(&mut *con).await?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let acked = stream::ack(&mut *con, &settings.stream, &ids).await?;
+        return Ok(BatchReport {
+            entries: entries.len(),
+            acked,
+            dead_lettered: entries.len(),
+            ..BatchReport::default()
+        });
+    }
+    let mut report = BatchReport {
+        entries: entries.len(),
+        ..BatchReport::default()
+    };
+    for study_entries in by_study.values() {
+        let part = process_batch(services, settings, study_entries).await?;
+        report.acked += part.acked;
+        report.dead_lettered += part.dead_lettered;
+        report.studies_filled += part.studies_filled;
+        report.studies_stale += part.studies_stale;
+        report.studies_removed += part.studies_removed;
+        report.studies_waiting += part.studies_waiting;
+        report.queried_database |= part.queried_database;
+    }
+    Ok(report)
+}
+
+async fn process_once(
     services: &Services,
     settings: &Settings,
     entries: &[StreamEntry],
@@ -103,9 +200,13 @@ pub async fn process_batch(
                     .or_insert_with(|| StudyWork {
                         last_kind: event.kind,
                         entries: Vec::new(),
+                        series: BTreeSet::new(),
                     });
                 work.last_kind = event.kind;
                 work.entries.push(entry);
+                if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
+                    work.series.insert(series);
+                }
             }
             Err(reason) => {
                 tracing::warn!(entry_id = %entry.id, %reason, "bad entry: dead-lettered");
@@ -127,13 +228,29 @@ pub async fn process_batch(
 
     let mut written_ids: Vec<&str> = Vec::new();
     let mut filled_studies = Vec::new();
+    let mut removed_studies = Vec::new();
     for (((tenant, study_uid), work), plan) in studies.iter().zip(&plans) {
         match plan {
-            Plan::Fill | Plan::Remove => {
+            Plan::Fill => {
                 written_ids.extend(work.entries.iter().map(|e| e.id.as_str()));
-                if *plan == Plan::Fill {
-                    filled_studies.push((tenant.clone(), study_uid.clone()));
+                filled_studies.push((tenant.clone(), study_uid.clone()));
+                // Durably scheduled in the same round trip, before the entries are acked.
+                if let Some(schedule) = &services.schedule {
+                    for series in &work.series {
+                        schedule.add_pending(
+                            &mut pipe,
+                            &SeriesRef {
+                                tenant: tenant.clone(),
+                                study: study_uid.clone(),
+                                series: series.clone(),
+                            },
+                        );
+                    }
                 }
+            }
+            Plan::Remove => {
+                written_ids.extend(work.entries.iter().map(|e| e.id.as_str()));
+                removed_studies.push((tenant, study_uid));
             }
             Plan::Missing => {
                 report.studies_waiting += 1;
@@ -155,6 +272,12 @@ pub async fn process_batch(
                 tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
                     "study not in the database yet: entries stay pending");
             }
+        }
+    }
+
+    if let Some(json_root) = settings.series.json_root.as_deref() {
+        for (tenant, study_uid) in removed_studies {
+            remove_series_documents(&mut pipe, json_root, tenant, study_uid).await;
         }
     }
 
@@ -189,4 +312,35 @@ pub async fn process_batch(
         "batch done"
     );
     Ok(report)
+}
+
+/// Removes a deleted study's series documents from disk and adds the removal of their
+/// Redis copies to `pipe`. A file that cannot be removed is logged, not retried: the server
+/// no longer lists the study, so the file is unreachable.
+async fn remove_series_documents(
+    pipe: &mut redis::Pipeline,
+    json_root: &Path,
+    tenant: &TenantId,
+    study: &Uid,
+) {
+    let (root, owned_tenant, owned_study) = (json_root.to_owned(), tenant.clone(), study.clone());
+    let removed = tokio::task::spawn_blocking(move || {
+        series_builder::remove_study_documents(&root, &owned_tenant, &owned_study)
+    })
+    .await;
+    match removed {
+        Ok(Ok(series)) => {
+            for series in series {
+                pipe.cmd("DEL")
+                    .arg(keys::series_metadata(tenant, &series))
+                    .ignore();
+            }
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%tenant, study_uid = %study, %error, "could not remove the study's series documents")
+        }
+        Err(error) => {
+            tracing::warn!(%tenant, study_uid = %study, %error, "series document removal task failed")
+        }
+    }
 }

@@ -114,8 +114,13 @@ impl TestEnv {
 
     /// Runs the daemon in this process until the returned handle stops it.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(self.settings.clone())
+    }
+
+    /// Runs the daemon with other settings (on this test's slice) until the handle stops it.
+    pub fn start_daemon_with(&self, settings: Settings) -> Daemon {
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(app::run(Arc::new(self.settings.clone()), cancel.clone()));
+        let task = tokio::spawn(app::run(Arc::new(settings), cancel.clone()));
         Daemon { cancel, task }
     }
 

@@ -7,6 +7,7 @@ mod endpoint;
 mod helpers;
 mod parser_props;
 mod reliability;
+mod series;
 mod server_schema;
 mod shutdown;
 mod warm;

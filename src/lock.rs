@@ -1,0 +1,134 @@
+//! The series lock: `json_generating` = `"1"` taken only if absent, owned by a random token
+//! kept beside it, renewed while the build runs, released only by its owner.
+
+use std::time::Duration;
+
+use rand::Rng;
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
+
+use crate::ids::{TenantId, Uid};
+use crate::keys;
+
+/// The lease: far below the server's own 600 s, so a crashed builder blocks little.
+pub const LOCK_LEASE: Duration = Duration::from_secs(30);
+/// How often a running build renews its lease.
+pub const LOCK_RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when taken.
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+";
+
+/// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when still owned and extended.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] and redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 1 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    return 1
+end
+return 0
+";
+
+/// KEYS: lock, owner. ARGV: token. Returns 1 when it was ours and is now released.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return 1
+end
+return 0
+";
+
+/// KEYS: lock, owner, target. ARGV: token, value, TTL in seconds. Sets the target only
+/// while the lock is held by the token; returns 1 when set.
+const SET_IF_OWNED: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+    return 1
+end
+return 0
+";
+
+/// A held series lock. Release it with [`SeriesLock::release`]; dropping it only lets the
+/// lease run out.
+#[derive(Debug)]
+pub struct SeriesLock {
+    lock: String,
+    owner: String,
+    token: String,
+}
+
+impl SeriesLock {
+    /// Takes the series lock if nobody holds it; `None` when held (by a worker or by the
+    /// server itself).
+    pub async fn acquire<C: ConnectionLike>(
+        con: &mut C,
+        tenant: &TenantId,
+        series: &Uid,
+    ) -> RedisResult<Option<Self>> {
+        let token = format!("{:032x}", rand::rng().random::<u128>());
+        let lock = Self {
+            lock: keys::series_lock(tenant, series),
+            owner: keys::series_lock_owner(tenant, series),
+            token,
+        };
+        let taken: i64 = lock
+            .script(ACQUIRE)
+            .arg(LOCK_LEASE.as_millis() as u64)
+            .query_async(con)
+            .await?;
+        Ok((taken == 1).then_some(lock))
+    }
+
+    /// Extends the lease; false when the lock is no longer ours (it expired and may be
+    /// someone else's): the build must then publish nothing.
+    pub async fn renew<C: ConnectionLike>(&self, con: &mut C) -> RedisResult<bool> {
+        let renewed: i64 = self
+            .script(RENEW)
+            .arg(LOCK_LEASE.as_millis() as u64)
+            .query_async(con)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Sets `key` to `value` for `ttl_secs` only while the lock is still ours.
+    pub async fn set_if_held<C: ConnectionLike>(
+        &self,
+        con: &mut C,
+        key: &str,
+        value: &[u8],
+        ttl_secs: u64,
+    ) -> RedisResult<bool> {
+        let set: i64 = redis::cmd("EVAL")
+            .arg(SET_IF_OWNED)
+            .arg(3)
+            .arg(&self.lock)
+            .arg(&self.owner)
+            .arg(key)
+            .arg(&self.token)
+            .arg(value)
+            .arg(ttl_secs)
+            .query_async(con)
+            .await?;
+        Ok(set == 1)
+    }
+
+    /// Releases the lock if it is still ours; false when it had been lost.
+    pub async fn release<C: ConnectionLike>(self, con: &mut C) -> RedisResult<bool> {
+        let released: i64 = self.script(RELEASE).query_async(con).await?;
+        Ok(released == 1)
+    }
+
+    fn script(&self, code: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(code)
+            .arg(2)
+            .arg(&self.lock)
+            .arg(&self.owner)
+            .arg(&self.token);
+        cmd
+    }
+}

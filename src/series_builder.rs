@@ -1,0 +1,528 @@
+//! Series documents: takes due series off the schedule, builds each under its lock from the
+//! instance files (parsed in parallel on blocking threads), and publishes the document
+//! atomically, only while the lock is still held.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db::{self, SeriesRow};
+use crate::ids::{TenantId, Uid};
+use crate::instance_file::read_instance;
+use crate::lock::{LOCK_RENEW_EVERY, SeriesLock};
+use crate::schedule::{Schedule, SeriesRef};
+use crate::series_json::{self, DocumentOptions, InstanceJson, PixelEncoding};
+use crate::{keys, metrics};
+
+/// How often the schedule is looked at for due series.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// A claimed series is leased this long, renewed with the lock while its build runs.
+const SCHEDULE_LEASE: Duration = Duration::from_secs(60);
+/// When another worker (or the server) holds a series' lock, it is tried again this late.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// Why a build produced no document; the series is recorded as failed and not retried
+/// until a new event arrives.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    /// The series' raw study date cannot be a path segment.
+    #[error("study_date_origin {0:?} is not 8 digits")]
+    BadStudyDate(String),
+    /// A SOP Instance UID from the database is not a valid UID.
+    #[error("sop_uid {0:?} is not a valid UID")]
+    BadSopUid(String),
+    /// Neither the database nor the series folder lists any instance.
+    #[error("no instances in the database or in {0}")]
+    NoInstances(PathBuf),
+    /// An instance file is missing or cannot be parsed.
+    #[error("{0}")]
+    File(#[from] crate::instance_file::InstanceFileError),
+    /// An instance cannot be written as DICOM JSON.
+    #[error("{path}: {source}")]
+    Json {
+        /// The instance file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: series_json::SeriesJsonError,
+    },
+    /// The series folder cannot be listed.
+    #[error("list {path}: {source}")]
+    ListFolder {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// An infrastructure fault during a build: the series stays scheduled and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No pooled Redis connection in time.
+    #[error("redis pool: {0}")]
+    RedisPool(#[from] deadpool_redis::PoolError),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Writing the document failed (a full disk, permissions).
+    #[error("write {path}: {source}")]
+    Write {
+        /// The document being written.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A parsing thread panicked or was cancelled.
+    #[error("parse task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What became of one scheduled series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutcome {
+    /// The document was published.
+    Built {
+        /// Instances in it.
+        instances: usize,
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// Another holder had the lock: tried again later.
+    Busy,
+    /// The series is not in the database (any more).
+    Gone,
+    /// No document could be built (reported, recorded as failed).
+    Failed(String),
+    /// The lock was lost during the build: nothing published, built again later.
+    LockLost,
+}
+
+/// Builds series documents for one consumer group's schedule.
+#[derive(Clone)]
+pub struct Builder {
+    settings: Arc<Settings>,
+    db: PgPool,
+    redis: deadpool_redis::Pool,
+    schedule: Schedule,
+    dicom_root: PathBuf,
+    json_root: PathBuf,
+    options: DocumentOptions,
+    parse_slots: Arc<Semaphore>,
+}
+
+impl Builder {
+    /// A builder, or `None` when series documents are off (no roots configured).
+    pub fn new(settings: Arc<Settings>, db: PgPool, redis: deadpool_redis::Pool) -> Option<Self> {
+        let (dicom_root, json_root) = settings.series.roots()?;
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        Some(Self {
+            schedule: schedule_of(&settings),
+            dicom_root: dicom_root.to_owned(),
+            json_root: json_root.to_owned(),
+            options: DocumentOptions {
+                bulkdata_base_url: settings.series.bulkdata_base_url.clone(),
+            },
+            parse_slots: Arc::new(Semaphore::new(threads)),
+            settings,
+            db,
+            redis,
+        })
+    }
+
+    /// Builds due series, at most `series.max_concurrent_builds` at once, until `cancel`
+    /// fires; builds in hand are finished (and their locks released) before it returns.
+    pub async fn run(self, cancel: CancellationToken) {
+        let max = self.settings.series.max_concurrent_builds;
+        let mut builds: JoinSet<()> = JoinSet::new();
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        while !cancel.is_cancelled() {
+            let free = max - builds.len();
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok(claimed) => {
+                        for (series, lease) in claimed {
+                            let builder = self.clone();
+                            builds.spawn(async move { builder.build_logged(series, lease).await });
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "series schedule unreachable"),
+                }
+            }
+            tokio::select! {
+                _ = poll.tick() => {}
+                Some(_) = builds.join_next(), if !builds.is_empty() => {}
+                () = cancel.cancelled() => {}
+            }
+        }
+        while builds.join_next().await.is_some() {}
+    }
+
+    async fn claim(&self, max: usize) -> Result<Vec<(SeriesRef, i64)>, BuildError> {
+        let mut con = self.redis.get().await?;
+        let leased = self
+            .schedule
+            .claim(&mut *con, max, SCHEDULE_LEASE.as_millis() as u64)
+            .await?;
+        Ok(leased
+            .series
+            .into_iter()
+            .map(|s| (s, leased.lease))
+            .collect())
+    }
+
+    async fn build_logged(&self, series: SeriesRef, lease: i64) {
+        let started = Instant::now();
+        match self.build(&series, lease).await {
+            Ok(outcome) => metrics::series_build(&outcome, started.elapsed()),
+            Err(error) => {
+                tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %error,
+                    "series build interrupted: it stays scheduled");
+                metrics::series_build_interrupted();
+            }
+        }
+    }
+
+    /// Builds one leased series under its lock and takes it off the schedule when done.
+    pub async fn build(&self, series: &SeriesRef, lease: i64) -> Result<BuildOutcome, BuildError> {
+        let mut con = self.redis.get().await?;
+        let Some(lock) = SeriesLock::acquire(&mut *con, &series.tenant, &series.series).await?
+        else {
+            self.schedule
+                .move_leased(&mut *con, series, lease, BUSY_RETRY.as_millis() as u64)
+                .await?;
+            return Ok(BuildOutcome::Busy);
+        };
+        drop(con);
+        let outcome = self.build_locked(series, lease, &lock).await;
+        let mut con = self.redis.get().await?;
+        let still_held = lock.release(&mut *con).await?;
+        let outcome = outcome?;
+        if outcome == BuildOutcome::LockLost || !still_held {
+            tracing::warn!(tenant = %series.tenant, series_uid = %series.series, "series lock lost during the build");
+            return Ok(BuildOutcome::LockLost);
+        }
+        self.schedule.complete(&mut *con, series, lease).await?;
+        Ok(outcome)
+    }
+
+    /// The build proper, renewing the lock (and the schedule lease) while it runs.
+    async fn build_locked(
+        &self,
+        series: &SeriesRef,
+        lease: i64,
+        lock: &SeriesLock,
+    ) -> Result<BuildOutcome, BuildError> {
+        let Some(row) =
+            db::series_row(&self.db, &series.tenant, &series.study, &series.series).await?
+        else {
+            return Ok(BuildOutcome::Gone);
+        };
+        let document = self.document(series, &row);
+        tokio::pin!(document);
+        let mut renew = tokio::time::interval_at(
+            tokio::time::Instant::now() + LOCK_RENEW_EVERY,
+            LOCK_RENEW_EVERY,
+        );
+        let mut lease = lease;
+        let document = loop {
+            tokio::select! {
+                document = &mut document => break document?,
+                _ = renew.tick() => {
+                    let mut con = self.redis.get().await?;
+                    if !lock.renew(&mut *con).await? {
+                        return Ok(BuildOutcome::LockLost);
+                    }
+                    if let Some(renewed) = self.schedule.move_leased(&mut *con, series, lease, SCHEDULE_LEASE.as_millis() as u64).await? {
+                        lease = renewed;
+                    }
+                }
+            }
+        };
+        match document {
+            Ok((bytes, instances)) => self.publish(series, &row, lock, &bytes, instances).await,
+            Err(failure) => {
+                tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %failure, "series document not built");
+                self.record(series, &row, db::JSON_STATUS_FAILED).await?;
+                Ok(BuildOutcome::Failed(failure.to_string()))
+            }
+        }
+    }
+
+    /// Reads the instance files (in parallel, bounded) and joins them into the document.
+    async fn document(
+        &self,
+        series: &SeriesRef,
+        row: &SeriesRow,
+    ) -> Result<Result<(Vec<u8>, usize), BuildFailure>, BuildError> {
+        let date = &row.study_date_origin;
+        if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(Err(BuildFailure::BadStudyDate(date.clone())));
+        }
+        let folder = self
+            .dicom_root
+            .join(series.tenant.as_str())
+            .join(date)
+            .join(series.study.as_str())
+            .join(series.series.as_str());
+        let files = match self.instance_files(series, &folder).await? {
+            Ok(files) => files,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        let mut parsing = JoinSet::new();
+        for path in files {
+            let slots = self.parse_slots.clone();
+            let (study, series_uid, options) = (
+                series.study.clone(),
+                series.series.clone(),
+                self.options.clone(),
+            );
+            parsing.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    parse_instance(&path, &study, &series_uid, &options)
+                })
+                .await
+            });
+        }
+        let mut instances = Vec::new();
+        while let Some(parsed) = parsing.join_next().await {
+            match parsed?? {
+                Ok(instance) => instances.push(instance),
+                Err(failure) => return Ok(Err(failure)),
+            }
+        }
+        let count = instances.len();
+        Ok(Ok((series_json::series_document(instances), count)))
+    }
+
+    /// The files of the instances the database lists, or every `.dcm` file of the folder
+    /// when the database lists none.
+    async fn instance_files(
+        &self,
+        series: &SeriesRef,
+        folder: &Path,
+    ) -> Result<Result<Vec<PathBuf>, BuildFailure>, BuildError> {
+        let sops =
+            db::series_instances(&self.db, &series.tenant, &series.study, &series.series).await?;
+        if !sops.is_empty() {
+            let mut files = Vec::with_capacity(sops.len());
+            for sop in sops {
+                match Uid::parse(&sop) {
+                    Ok(uid) => files.push(folder.join(format!("{uid}.dcm"))),
+                    Err(_) => return Ok(Err(BuildFailure::BadSopUid(sop))),
+                }
+            }
+            return Ok(Ok(files));
+        }
+        let listed = {
+            let folder = folder.to_owned();
+            tokio::task::spawn_blocking(move || list_dcm_files(&folder)).await?
+        };
+        Ok(match listed {
+            Ok(files) if files.is_empty() => Err(BuildFailure::NoInstances(folder.to_owned())),
+            Ok(files) => Ok(files),
+            Err(source) => Err(BuildFailure::ListFolder {
+                path: folder.to_owned(),
+                source,
+            }),
+        })
+    }
+
+    /// Writes the document atomically where the server looks for it, while the lock is
+    /// still held; then the optional Redis copy and status row.
+    async fn publish(
+        &self,
+        series: &SeriesRef,
+        row: &SeriesRow,
+        lock: &SeriesLock,
+        bytes: &[u8],
+        instances: usize,
+    ) -> Result<BuildOutcome, BuildError> {
+        let path = document_path(
+            &self.json_root,
+            &series.tenant,
+            &row.study_date_origin,
+            &series.study,
+            &series.series,
+        );
+        let write_error = |source| BuildError::Write {
+            path: path.clone(),
+            source,
+        };
+        let temporary = {
+            let (target, bytes) = (path.clone(), bytes.to_vec());
+            tokio::task::spawn_blocking(move || write_temporary(&target, &bytes))
+                .await?
+                .map_err(write_error)?
+        };
+        let mut con = self.redis.get().await?;
+        // The last check before the rename: a build whose lock expired publishes nothing.
+        if !lock.renew(&mut *con).await? {
+            let _ = std::fs::remove_file(&temporary);
+            return Ok(BuildOutcome::LockLost);
+        }
+        {
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || commit(&temporary, &target))
+                .await?
+                .map_err(write_error)?;
+        }
+        if self.settings.series.redis_copy {
+            let key = keys::series_metadata(&series.tenant, &series.series);
+            lock.set_if_held(&mut *con, &key, bytes, self.settings.cache.study_ttl_secs)
+                .await?;
+        }
+        self.record(series, row, db::JSON_STATUS_BUILT).await?;
+        tracing::info!(tenant = %series.tenant, series_uid = %series.series, instances, bytes = bytes.len(), "series document published");
+        Ok(BuildOutcome::Built {
+            instances,
+            bytes: bytes.len(),
+        })
+    }
+
+    async fn record(
+        &self,
+        series: &SeriesRef,
+        row: &SeriesRow,
+        status: i32,
+    ) -> Result<(), BuildError> {
+        if self.settings.series.record_status {
+            db::record_json_status(
+                &self.db,
+                &series.tenant,
+                &series.study,
+                &series.series,
+                row,
+                status,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The schedule of the configured consumer group.
+pub fn schedule_of(settings: &Settings) -> Schedule {
+    Schedule::new(
+        &settings.stream.group,
+        settings.series.quiet_ms,
+        settings.series.max_delay_ms,
+    )
+}
+
+/// `{json_root}/{tenant}/metadata/{study_date_origin}/{study}/{series}.json`, the server's path.
+pub fn document_path(
+    json_root: &Path,
+    tenant: &TenantId,
+    study_date_origin: &str,
+    study: &Uid,
+    series: &Uid,
+) -> PathBuf {
+    json_root
+        .join(tenant.as_str())
+        .join("metadata")
+        .join(study_date_origin)
+        .join(study.as_str())
+        .join(format!("{series}.json"))
+}
+
+fn parse_instance(
+    path: &Path,
+    study: &Uid,
+    series: &Uid,
+    options: &DocumentOptions,
+) -> Result<InstanceJson, BuildFailure> {
+    let file = read_instance(path)?;
+    let pixels = PixelEncoding::from_transfer_syntax(file.meta().transfer_syntax());
+    series_json::instance_json(&file, study.as_str(), series.as_str(), pixels, options).map_err(
+        |source| BuildFailure::Json {
+            path: path.to_owned(),
+            source,
+        },
+    )
+}
+
+fn list_dcm_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "dcm") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Writes `bytes` to a new temporary file beside `path` (creating the folders) and syncs it.
+fn write_temporary(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = folder.join(format!(".{name}.{:016x}.tmp", rand::rng().random::<u64>()));
+    let mut file = std::fs::File::create_new(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(temporary)
+}
+
+/// Renames the temporary file over `path` and syncs the folder, so the rename survives a
+/// crash; a reader sees the old document or the new one, never a part.
+fn commit(temporary: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(temporary, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes a deleted study's series documents (every date folder of the tenant) and
+/// returns the series they were for, so their Redis copies can go too.
+pub fn remove_study_documents(
+    json_root: &Path,
+    tenant: &TenantId,
+    study: &Uid,
+) -> std::io::Result<Vec<Uid>> {
+    let mut removed = Vec::new();
+    let dates = match std::fs::read_dir(json_root.join(tenant.as_str()).join("metadata")) {
+        Ok(dates) => dates,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(error) => return Err(error),
+    };
+    for date in dates {
+        let folder = date?.path().join(study.as_str());
+        let documents = match std::fs::read_dir(&folder) {
+            Ok(documents) => documents,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for document in documents {
+            let path = document?.path();
+            let series = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uid::parse(n).ok());
+            if let Some(series) = series {
+                std::fs::remove_file(&path)?;
+                removed.push(series);
+            }
+        }
+        // Only an empty folder goes; anything else left there is not ours to delete.
+        let _ = std::fs::remove_dir(&folder);
+    }
+    Ok(removed)
+}

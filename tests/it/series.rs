@@ -1,0 +1,517 @@
+//! Series documents end to end: scheduled once per burst, built under the lock from real
+//! DICOM files in the server's layout, published atomically where the server reads them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dicom_cache_warmer::fixtures::{self, CtInstance};
+use dicom_cache_warmer::ids::{TenantId, Uid};
+use dicom_cache_warmer::keys;
+use dicom_cache_warmer::lock::SeriesLock;
+use dicom_cache_warmer::series_builder::document_path;
+use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec};
+use dicom_json::DicomJson;
+use dicom_object::InMemDicomObject;
+
+use crate::helpers::{TestEnv, wait_for};
+
+/// One series on disk and in the database.
+struct SeriesFixture {
+    tenant: TenantId,
+    study: Uid,
+    series: Uid,
+    date: String,
+    sops: Vec<String>,
+    _roots: tempfile::TempDir,
+    json_root: PathBuf,
+}
+
+impl SeriesFixture {
+    /// Writes `instances` CT files (instance numbers shuffled) and their rows, and turns
+    /// series documents on in `env`'s settings.
+    async fn new(env: &mut TestEnv, instances: usize) -> Self {
+        let roots = tempfile::tempdir().expect("temp dir");
+        let (dicom_root, json_root) = (roots.path().join("dicom"), roots.path().join("json"));
+        env.settings.series.dicom_root = Some(dicom_root.clone());
+        env.settings.series.json_root = Some(json_root.clone());
+        env.settings.series.quiet_ms = 300;
+        env.settings.series.max_delay_ms = 2_000;
+        env.settings.series.record_status = true;
+        env.settings.series.redis_copy = true;
+        let dataset = Dataset::generate(&DatasetSpec {
+            tenant_prefix: env.tenant_prefix.clone(),
+            tenants: 1,
+            studies: 1,
+            max_series: 1,
+            min_instances: instances,
+            max_instances: instances,
+            seed: 5,
+        });
+        let row = dataset.rows[0].clone();
+        synthetic::insert_rows(&env.db, std::slice::from_ref(&row))
+            .await
+            .expect("series row");
+        let folder = dicom_root
+            .join(&row.tenant_id)
+            .join(&row.study_date_origin)
+            .join(&row.study_uid)
+            .join(&row.series_uid);
+        std::fs::create_dir_all(&folder).expect("series folder");
+        let mut sops = Vec::new();
+        for n in 0..instances {
+            // Written in an order unlike the instance numbers, as a directory lists them.
+            let number = ((n * 7) % instances) as i32 + 1;
+            let sop = format!("{}.{number}", row.series_uid);
+            fixtures::write_ct_instance(
+                &folder.join(format!("{sop}.dcm")),
+                &CtInstance {
+                    study_uid: &row.study_uid,
+                    series_uid: &row.series_uid,
+                    sop_uid: &sop,
+                    instance_number: Some(number),
+                    patient_name: fixtures::PATIENT_NAME,
+                },
+            )
+            .expect("write instance");
+            sqlx::query(
+                "INSERT INTO dicom_image_meta (tenant_id, patient_id, study_uid, series_uid, sop_uid,
+                     study_uid_hash, series_uid_hash, transfer_syntax_uid, sop_class_uid)
+                 VALUES ($1, $2, $3, $4, $5, '1', '2', '1.2.840.10008.1.2.1', '1.2.840.10008.5.1.4.1.1.2')",
+            )
+            .bind(&row.tenant_id)
+            .bind(&row.patient_id)
+            .bind(&row.study_uid)
+            .bind(&row.series_uid)
+            .bind(&sop)
+            .execute(&env.db)
+            .await
+            .expect("image row");
+            sops.push(sop);
+        }
+        Self {
+            tenant: TenantId::parse(&row.tenant_id).expect("tenant"),
+            study: Uid::parse(&row.study_uid).expect("study"),
+            series: Uid::parse(&row.series_uid).expect("series"),
+            date: row.study_date_origin,
+            sops,
+            _roots: roots,
+            json_root,
+        }
+    }
+
+    fn document(&self) -> PathBuf {
+        document_path(
+            &self.json_root,
+            &self.tenant,
+            &self.date,
+            &self.study,
+            &self.series,
+        )
+    }
+
+    /// Publishes one stored event per instance.
+    async fn publish(&self, env: &TestEnv, sops: &[String]) {
+        let mut con = env.redis.clone();
+        let mut pipe = redis::pipe();
+        for sop in sops {
+            pipe.cmd("XADD")
+                .arg(&env.settings.stream.key)
+                .arg("*")
+                .arg("tenant_id")
+                .arg(self.tenant.as_str())
+                .arg("study_uid")
+                .arg(self.study.as_str())
+                .arg("series_uid")
+                .arg(self.series.as_str())
+                .arg("sop_uid")
+                .arg(sop)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await.expect("publish");
+    }
+
+    async fn builds(&self, env: &TestEnv) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(max(retry_times), 0)::int8 FROM dicom_json_meta WHERE series_uid = $1",
+        )
+        .bind(self.series.as_str())
+        .fetch_one(&env.db)
+        .await
+        .expect("dicom_json_meta")
+    }
+}
+
+fn read_document(path: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).expect("document")).expect("a JSON array")
+}
+
+#[tokio::test]
+async fn a_burst_of_instance_events_builds_one_conformant_document_where_the_server_reads_it() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 12).await;
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the series document", || async {
+        series.document().exists()
+    })
+    .await;
+    env.wait_until_drained().await;
+    wait_for("the status row", || async {
+        series.builds(&env).await == 1
+    })
+    .await;
+    daemon.stop().await;
+
+    let document = read_document(&series.document());
+    assert_eq!(document.len(), 12);
+    let numbers: Vec<i64> = document
+        .iter()
+        .map(|i| i["00200013"]["Value"][0].as_i64().expect("IS as a number"))
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=12).collect::<Vec<i64>>(),
+        "sorted by Instance Number"
+    );
+    let first = &document[0];
+    assert_eq!(first["00100010"]["Value"][0]["Ideographic"], "山田^太郎");
+    assert_eq!(first["00280010"]["Value"][0], 64, "US as a number");
+    assert!(first.get("00020010").is_none(), "no file meta group");
+    assert!(
+        first.get("7FE00010").is_none(),
+        "pixel data left out without a bulk data URL"
+    );
+    let parsed: Vec<DicomJson<InMemDicomObject>> =
+        serde_json::from_slice(&std::fs::read(series.document()).expect("read"))
+            .expect("dicom-json reads it back");
+    assert_eq!(parsed.len(), 12);
+
+    let copy = env
+        .get(&keys::series_metadata(&series.tenant, &series.series))
+        .await
+        .expect("Redis copy");
+    assert_eq!(
+        copy.as_bytes(),
+        std::fs::read(series.document()).expect("read")
+    );
+    let (status, flag_time_matches): (i32, bool) = sqlx::query_as(
+        "SELECT j.json_status, j.flag_time = s.updated_time FROM dicom_json_meta j
+         JOIN dicom_state_meta s USING (tenant_id, study_uid, series_uid) WHERE j.series_uid = $1",
+    )
+    .bind(series.series.as_str())
+    .fetch_one(&env.db)
+    .await
+    .expect("status row");
+    assert_eq!((status, flag_time_matches), (1, true));
+    assert_eq!(
+        env.get(&keys::series_lock(&series.tenant, &series.series))
+            .await,
+        None,
+        "lock released"
+    );
+}
+
+#[tokio::test]
+async fn three_hundred_events_over_time_lead_to_one_build_and_a_busy_series_is_built_by_max_delay()
+{
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 300).await;
+    let daemon = env.start_daemon();
+    // Events keep coming faster than the quiet period for longer than the max delay.
+    let started = tokio::time::Instant::now();
+    for chunk in series.sops.chunks(10) {
+        series.publish(&env, chunk).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publishing = started.elapsed();
+    assert!(
+        publishing > Duration::from_millis(2_500),
+        "the burst outlasts max_delay_ms"
+    );
+    wait_for("the last build", || async {
+        series.document().exists() && read_document(&series.document()).len() == 300
+    })
+    .await;
+    env.wait_until_drained().await;
+    daemon.stop().await;
+    let builds = series.builds(&env).await;
+    // At least one build by max delay during the burst, one after it; never one per event.
+    assert!(
+        (2..=4).contains(&builds),
+        "{builds} builds for 300 events over {publishing:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_series_scheduled_by_a_daemon_that_died_is_built_by_another() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    let mut patient = env.settings.clone();
+    patient.series.quiet_ms = 60_000;
+    patient.series.max_delay_ms = 60_000;
+    series.publish(&env, &series.sops).await;
+    // The first daemon acknowledges the events (the series is durably scheduled), then stops
+    // before the series is due.
+    let first = env.start_daemon_with(patient);
+    env.wait_until_drained().await;
+    first.stop().await;
+    assert!(!series.document().exists());
+    // Another daemon, with the same schedule, builds it once it is due.
+    let mut due_now = redis::cmd("ZADD");
+    due_now
+        .arg(keys::series_schedule(&env.settings.stream.group))
+        .arg("XX")
+        .arg(0)
+        .arg(format!(
+            "{}/{}/{}",
+            series.tenant, series.study, series.series
+        ));
+    let mut con = env.redis.clone();
+    let _: i64 = due_now.query_async(&mut con).await.expect("make it due");
+    let second = env.start_daemon();
+    wait_for("the document from the second daemon", || async {
+        series.document().exists()
+    })
+    .await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_builders_never_overlap_and_the_lock_obeys_its_owner() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::parse(&format!("{}0", env.tenant_prefix)).expect("tenant");
+    let series = Uid::parse("1.2.3.4").expect("uid");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (tenant, series, inside, entered) = (
+            tenant.clone(),
+            series.clone(),
+            inside.clone(),
+            entered.clone(),
+        );
+        let mut con = env.redis.clone();
+        workers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                if let Some(lock) = SeriesLock::acquire(&mut con, &tenant, &series)
+                    .await
+                    .expect("acquire")
+                {
+                    assert_eq!(
+                        inside.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders at once"
+                    );
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    assert!(lock.release(&mut con).await.expect("release"));
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    assert!(
+        entered.load(Ordering::SeqCst) > 1,
+        "the lock was taken in turns"
+    );
+
+    let mut con = env.redis.clone();
+    let holder = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(
+        env.get(&keys::series_lock(&tenant, &series))
+            .await
+            .as_deref(),
+        Some("1"),
+        "readers test for \"1\""
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys::series_lock(&tenant, &series))
+        .query_async(&mut con)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 0 && ttl <= 600_000,
+        "lease {ttl} ms within the server's 600 s"
+    );
+    assert!(
+        SeriesLock::acquire(&mut con, &tenant, &series)
+            .await
+            .expect("acquire")
+            .is_none(),
+        "held"
+    );
+    assert!(
+        holder.renew(&mut con).await.expect("renew"),
+        "the owner renews"
+    );
+
+    // The lease runs out (as after a crash or a long pause): the next worker takes it over,
+    // and the first holder can neither renew nor release the new holder's lock.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(keys::series_lock(&tenant, &series))
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .expect("expire");
+    wait_for("the lease to run out", || async {
+        env.get(&keys::series_lock(&tenant, &series))
+            .await
+            .is_none()
+    })
+    .await;
+    let next = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("taken over");
+    assert!(
+        !holder.renew(&mut con).await.expect("renew"),
+        "a lost lock is not renewed"
+    );
+    assert!(
+        !holder.release(&mut con).await.expect("release"),
+        "a non-owner cannot release"
+    );
+    assert_eq!(
+        env.get(&keys::series_lock(&tenant, &series))
+            .await
+            .as_deref(),
+        Some("1"),
+        "the new holder keeps it"
+    );
+    assert!(next.release(&mut con).await.expect("release"));
+}
+
+#[tokio::test]
+async fn a_build_whose_lock_is_held_elsewhere_waits_without_publishing() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    // The server's own webworker holds the flag (SET EX 600, no owner).
+    let mut con = env.redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(keys::series_lock(&series.tenant, &series.series))
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    env.wait_until_drained().await;
+    // Due 300 ms after the events; found busy, it is moved 2 s on and stays scheduled.
+    let schedule_score = || async {
+        let score: Option<i64> = redis::cmd("ZSCORE")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .arg(format!(
+                "{}/{}/{}",
+                series.tenant, series.study, series.series
+            ))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZSCORE");
+        score
+    };
+    let due = schedule_score().await.expect("scheduled");
+    wait_for("a busy attempt to move the series on", || async {
+        schedule_score()
+            .await
+            .is_some_and(|score| score >= due + 1_500)
+    })
+    .await;
+    assert!(
+        !series.document().exists(),
+        "nothing published while another holds the lock"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(keys::series_lock(&series.tenant, &series.series))
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+    wait_for("the build once the lock is free", || async {
+        series.document().exists()
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_instance_file_is_recorded_as_failed_and_nothing_is_published() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    let dicom_root = env.settings.series.dicom_root.clone().expect("root");
+    let victim = dicom_root
+        .join(series.tenant.as_str())
+        .join(&series.date)
+        .join(series.study.as_str())
+        .join(series.series.as_str())
+        .join(format!("{}.dcm", series.sops[1]));
+    std::fs::remove_file(victim).expect("remove one file");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the failed status", || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT json_status FROM dicom_json_meta WHERE series_uid = $1",
+        )
+        .bind(series.series.as_str())
+        .fetch_optional(&env.db)
+        .await
+        .expect("status")
+            == Some(2)
+    })
+    .await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "no half-built document");
+    assert_eq!(
+        env.get(&keys::series_lock(&series.tenant, &series.series))
+            .await,
+        None,
+        "lock released"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_never_sees_a_partial_document_during_rebuilds() {
+    let mut env = TestEnv::new().await;
+    env.settings.series.quiet_ms = 50;
+    let series = SeriesFixture::new(&mut env, 40).await;
+    env.settings.series.quiet_ms = 50;
+    env.settings.series.max_delay_ms = 100;
+    let daemon = env.start_daemon();
+    series.publish(&env, &series.sops).await;
+    wait_for("the first document", || async {
+        series.document().exists()
+    })
+    .await;
+    let path = series.document();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut reads = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let bytes = std::fs::read(&path).expect("the document is always there");
+            let parsed: Vec<serde_json::Value> =
+                serde_json::from_slice(&bytes).expect("never a partial file");
+            assert_eq!(parsed.len(), 40);
+            reads += 1;
+        }
+        reads
+    });
+    // Rebuild repeatedly while the reader polls.
+    for _ in 0..10 {
+        series.publish(&env, &series.sops[..1]).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let reads = reader.await.expect("reader");
+    daemon.stop().await;
+    assert!(reads > 10, "{reads} reads");
+    assert!(series.builds(&env).await >= 3, "rebuilt while being read");
+}
