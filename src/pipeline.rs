@@ -101,12 +101,16 @@ const TRANSIENT_CODES: [&str; 10] = [
 /// True when Redis answered but refused a command for a reason of the data (a key of the
 /// wrong type, a failing script): retrying the same writes would fail forever.
 fn is_refused_write(error: &BatchError) -> bool {
-    match error {
-        BatchError::Redis(error) => error
-            .code()
-            .is_some_and(|code| !TRANSIENT_CODES.contains(&code)),
-        _ => false,
-    }
+    let BatchError::Redis(error) = error else {
+        return false;
+    };
+    // A pipeline's error carries the refusals of its commands.
+    error.clone().into_server_errors().is_some_and(|refusals| {
+        !refusals.is_empty()
+            && refusals
+                .iter()
+                .all(|(_, refusal)| !TRANSIENT_CODES.contains(&refusal.code()))
+    })
 }
 
 /// Processes one batch; entries are acknowledged only once every write they caused has

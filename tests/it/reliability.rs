@@ -153,3 +153,65 @@ async fn a_negative_flag_set_just_after_the_fill_is_removed_within_the_recheck_d
         "the flag hid the study for {window:?}"
     );
 }
+
+#[tokio::test]
+async fn a_key_redis_refuses_dead_letters_only_its_studys_entries() {
+    let env = TestEnv::new().await;
+    let dataset = small_dataset(&env, 3);
+    dataset.insert(&env.db).await.expect("insert rows");
+    let study = |row: &dicom_cache_warmer::study::DicomStateMeta| {
+        (
+            TenantId::parse(&row.tenant_id).expect("tenant"),
+            Uid::parse(&row.study_uid).expect("uid"),
+        )
+    };
+    let (bad_tenant, bad_study) = study(&dataset.rows[0]);
+    let mut con = env.redis.clone();
+    // Someone else's hash where the study's version string goes: every fill of it fails.
+    let _: () = redis::cmd("HSET")
+        .arg(keys::study_version(&bad_tenant, &bad_study))
+        .arg("f")
+        .arg("v")
+        .query_async(&mut con)
+        .await
+        .expect("HSET");
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+
+    let daemon = env.start_daemon();
+    env.wait_until_drained().await;
+    daemon.stop().await;
+
+    let bad_events = dataset
+        .events
+        .iter()
+        .filter(|e| e.study_uid == bad_study.as_str())
+        .count();
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), bad_events, "only the refused study's entries");
+    for fields in &dead {
+        let reason = fields
+            .iter()
+            .find(|(k, _)| k == "dead_reason")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert!(reason.is_some_and(|r| r.contains("WRONGTYPE")));
+    }
+    for row in dataset
+        .rows
+        .iter()
+        .filter(|r| r.study_uid != bad_study.as_str())
+    {
+        let (t, s) = study(row);
+        assert!(
+            env.get(&keys::study_metadata(&t, &s)).await.is_some(),
+            "{s} is filled"
+        );
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(keys::study_version(&bad_tenant, &bad_study))
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+}
