@@ -22,6 +22,7 @@ use crate::chaos_support::{
     consumer_pending, consumers, database_address, database_url_via, kill_holding_entries,
     stream_length,
 };
+use crate::endpoint;
 use crate::helpers::{TestEnv, wait_for};
 
 fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
@@ -362,6 +363,7 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
     let proxy = CuttableProxy::start(database_address(&env.settings)).await;
     let dataset = dataset(&env, 40, 14);
     let stream = &env.settings.stream;
+    let http_port = endpoint::free_port();
     let mut replica = Replica::start(
         &env,
         &[
@@ -370,8 +372,18 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
                 database_url_via(&env.settings, proxy.port),
             ),
             small_batches(),
+            ("DCW__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
         ],
     )
+    .await;
+    let readiness = || async {
+        endpoint::get(http_port, "/readyz")
+            .await
+            .map(|(status, _)| status)
+    };
+    wait_for("readiness before the outage", || async {
+        readiness().await == Some(200)
+    })
     .await;
     // The load commits rows straight to PostgreSQL: only the daemon is cut off.
     let load = IngestLoad {
@@ -393,7 +405,15 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
     proxy.cut();
     let cut = Instant::now();
     let outage = Duration::from_secs(10);
-    tokio::time::sleep(outage).await;
+    wait_for("readiness to fall during the outage", || async {
+        readiness().await == Some(503)
+    })
+    .await;
+    let alive = endpoint::get(http_port, "/healthz")
+        .await
+        .map(|(status, _)| status);
+    assert_eq!(alive, Some(200), "liveness does not depend on PostgreSQL");
+    tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
     assert!(replica.is_running(), "the daemon outlives the outage");
     assert!(
         replica.figures().saw_outage_of("postgres", cut),
@@ -410,6 +430,10 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
     let published = load.finish().await;
     env.wait_until_drained().await;
     let drained = restored.elapsed();
+    wait_for("readiness after the outage", || async {
+        readiness().await == Some(200)
+    })
+    .await;
     let figures = replica.stop().await;
     let reconnected = figures.back_after("postgres", restored);
 

@@ -247,31 +247,46 @@ async fn three_hundred_events_over_time_lead_to_one_build_and_a_busy_series_is_b
 }
 
 #[tokio::test]
-async fn a_series_scheduled_by_a_daemon_that_died_is_built_by_another() {
+async fn a_series_scheduled_by_a_daemon_killed_before_the_build_is_built_by_another() {
     let mut env = TestEnv::new().await;
     let series = SeriesFixture::new(&mut env, 3).await;
-    let mut patient = env.settings.clone();
-    patient.series.quiet_ms = 60_000;
-    patient.series.max_delay_ms = 60_000;
     series.publish(&env, &series.sops).await;
-    // The first daemon acknowledges the events (the series is durably scheduled), then stops
-    // before the series is due.
-    let first = env.start_daemon_with(patient);
+    // The first daemon (the real binary) acknowledges the events, so the series is durably
+    // scheduled, and is killed long before the series is due.
+    let roots = |root: &Option<PathBuf>| root.as_ref().expect("root").display().to_string();
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env(
+            "DCW__SERIES__DICOM_ROOT",
+            roots(&env.settings.series.dicom_root),
+        )
+        .env(
+            "DCW__SERIES__JSON_ROOT",
+            roots(&env.settings.series.json_root),
+        )
+        .env("DCW__SERIES__QUIET_MS", "60000")
+        .env("DCW__SERIES__MAX_DELAY_MS", "60000")
+        .env("DCW__LOG__LEVEL", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
     env.wait_until_drained().await;
-    first.stop().await;
+    first.kill().await.expect("kill -9");
     assert!(!series.document().exists());
-    // Another daemon, with the same schedule, builds it once it is due.
-    let mut due_now = redis::cmd("ZADD");
-    due_now
+
+    // Another daemon, sharing the schedule, builds it once it is due (made due now rather
+    // than waiting the minute out).
+    let member = format!("{}/{}/{}", series.tenant, series.study, series.series);
+    let made_due: i64 = redis::cmd("ZADD")
         .arg(keys::series_schedule(&env.settings.stream.group))
         .arg("XX")
+        .arg("CH")
         .arg(0)
-        .arg(format!(
-            "{}/{}/{}",
-            series.tenant, series.study, series.series
-        ));
-    let mut con = env.redis.clone();
-    let _: i64 = due_now.query_async(&mut con).await.expect("make it due");
+        .arg(&member)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("make it due");
+    assert_eq!(made_due, 1, "the dead daemon's schedule entry survived");
     let second = env.start_daemon();
     wait_for("the document from the second daemon", || async {
         series.document().exists()
@@ -516,4 +531,173 @@ async fn a_reader_never_sees_a_partial_document_during_rebuilds() {
     daemon.stop().await;
     assert!(reads > 10, "{reads} reads");
     assert!(series.builds(&env).await >= 3, "rebuilt while being read");
+}
+
+#[tokio::test]
+async fn a_burst_within_the_quiet_period_is_built_exactly_once() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 300).await;
+    env.settings.series.quiet_ms = 1_000;
+    env.settings.series.max_delay_ms = 30_000;
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the document", || async { series.builds(&env).await == 1 }).await;
+    env.wait_until_drained().await;
+    // Nothing else is due: the schedule is empty once the build completed.
+    wait_for("the schedule to empty", || async {
+        let due: i64 = redis::cmd("ZCARD")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZCARD");
+        due == 0
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(series.builds(&env).await, 1, "one build for 300 events");
+    assert_eq!(read_document(&series.document()).len(), 300);
+}
+
+#[tokio::test]
+async fn a_renewed_lease_outlives_the_original_one() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::parse(&format!("{}0", env.tenant_prefix)).expect("tenant");
+    let series = Uid::parse("1.2.3.5").expect("uid");
+    let mut con = env.redis.clone();
+    let lock = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    // Nearly run out, as it would be late in a long build, then renewed.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(keys::series_lock(&tenant, &series))
+        .arg(300)
+        .query_async(&mut con)
+        .await
+        .expect("PEXPIRE");
+    assert!(lock.renew(&mut con).await.expect("renew"));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys::series_lock(&tenant, &series))
+        .query_async(&mut con)
+        .await
+        .expect("PTTL");
+    assert!(ttl > 20_000, "renewed to the full lease, {ttl} ms left");
+    assert!(lock.release(&mut con).await.expect("release"));
+}
+
+#[tokio::test]
+async fn a_build_that_lost_its_lock_publishes_nothing() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    // One instance is a pipe: its read blocks until the test writes the file's bytes, which
+    // holds the build in the middle while the lock is taken away.
+    let dicom_root = env.settings.series.dicom_root.clone().expect("root");
+    let file = dicom_root
+        .join(series.tenant.as_str())
+        .join(&series.date)
+        .join(series.study.as_str())
+        .join(series.series.as_str())
+        .join(format!("{}.dcm", series.sops[0]));
+    let bytes = std::fs::read(&file).expect("fixture bytes");
+    std::fs::remove_file(&file).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&lock_key).await.is_some()
+    })
+    .await;
+
+    // The lease "runs out" and another worker takes the lock.
+    let mut con = env.redis.clone();
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(&lock_key)
+        .arg("1")
+        .arg("EX")
+        .arg(60)
+        .cmd("SET")
+        .arg(&owner_key)
+        .arg("another-worker")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut con)
+        .await
+        .expect("steal");
+    tokio::task::spawn_blocking(move || std::fs::write(&file, bytes))
+        .await
+        .expect("writer")
+        .expect("write the pipe");
+
+    wait_for("the build to give up", || async {
+        // The series stays scheduled for a later build, and no temporary file is left behind.
+        let folder = series
+            .document()
+            .parent()
+            .map(Path::to_path_buf)
+            .expect("folder");
+        let leftovers = std::fs::read_dir(&folder).map(|d| d.count()).unwrap_or(0);
+        leftovers == 0 && env.get(&owner_key).await.as_deref() == Some("another-worker")
+    })
+    .await;
+    daemon.stop().await;
+    assert!(
+        !series.document().exists(),
+        "nothing published without the lock"
+    );
+    assert_eq!(
+        env.get(&owner_key).await.as_deref(),
+        Some("another-worker"),
+        "the new holder keeps its lock"
+    );
+    assert_eq!(
+        series.builds(&env).await,
+        0,
+        "no status recorded for a lost build"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_study_loses_its_series_documents_and_their_copies() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the document", || async { series.document().exists() }).await;
+    let copy = keys::series_metadata(&series.tenant, &series.series);
+    assert!(env.get(&copy).await.is_some());
+
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(series.tenant.as_str())
+        .bind(series.study.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete rows");
+    let _: String = redis::cmd("XADD")
+        .arg(&env.settings.stream.key)
+        .arg("*")
+        .arg("tenant_id")
+        .arg(series.tenant.as_str())
+        .arg("study_uid")
+        .arg(series.study.as_str())
+        .arg("event")
+        .arg("deleted")
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("XADD");
+    env.wait_until_drained().await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "the document is removed");
+    assert_eq!(env.get(&copy).await, None, "the Redis copy is removed");
+    assert_eq!(
+        env.get(&keys::study_metadata(&series.tenant, &series.study))
+            .await,
+        None
+    );
 }
