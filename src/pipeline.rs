@@ -228,7 +228,7 @@ async fn process_once(
         .map(|((tenant, study), work)| (tenant, study, work.last_kind))
         .collect();
     report.queried_database = !requests.is_empty();
-    let plans = refresh::plan(&services.db, settings, &mut pipe, &requests).await?;
+    let plans = refresh::plan(&services.db, settings, &mut pipe, &requests, None).await?;
 
     let mut written_ids: Vec<&str> = Vec::new();
     let mut filled_studies = Vec::new();

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::event::EventKind;
 use crate::ids::{TenantId, Uid};
 use crate::metrics::{self, RoundTrip};
+use crate::schedule::{Schedule, SeriesRef};
 use crate::{cache, db, study};
 
 /// What the snapshot says to do with one study's key.
@@ -37,12 +38,14 @@ pub struct Written {
 }
 
 /// Reads every study in one query and adds its write to `pipe`; returns one plan per
-/// study, in order. A deleted study with rows was stored again, so the rows win.
+/// study, in order. A deleted study with rows was stored again, so the rows win. With
+/// `all_series`, every series of each filled study is also scheduled for its document.
 pub async fn plan(
     db: &PgPool,
     settings: &Settings,
     pipe: &mut Pipeline,
     studies: &[(&TenantId, &Uid, EventKind)],
+    all_series: Option<&Schedule>,
 ) -> Result<Vec<Plan>, sqlx::Error> {
     if studies.is_empty() {
         return Ok(Vec::new());
@@ -68,6 +71,12 @@ pub async fn plan(
                 (Some(rows), _) => {
                     tracing::debug!(%tenant, study_uid = %study_uid, series = rows.len(), "filling study");
                     cache::add_fill_study(pipe, tenant, study_uid, &study::encode(rows), snapshot.version, ttl);
+                    if let Some(schedule) = all_series {
+                        for series in rows.iter().filter_map(|row| Uid::parse(&row.series_uid).ok()) {
+                            let series = SeriesRef { tenant: (*tenant).clone(), study: (*study_uid).clone(), series };
+                            schedule.add_pending(pipe, &series);
+                        }
+                    }
                     Plan::Fill
                 }
                 (None, EventKind::Deleted) => {

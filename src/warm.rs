@@ -16,8 +16,9 @@ use crate::config::Settings;
 use crate::db::{self, StudyFilter};
 use crate::event::EventKind;
 use crate::ids::{TenantId, Uid};
-use crate::redis_conn;
 use crate::refresh::{self, Plan};
+use crate::schedule::Schedule;
+use crate::{redis_conn, series_builder};
 
 /// Attempts per page before `warm` gives up on an unreachable service.
 const PAGE_ATTEMPTS: u32 = 5;
@@ -51,6 +52,10 @@ pub struct WarmArgs {
     /// Count the selected studies and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also schedule every series of the warmed studies for its metadata document (needs
+    /// series.dicom_root and series.json_root; running daemons build them).
+    #[arg(long)]
+    pub series: bool,
 }
 
 /// What a `warm` run did.
@@ -117,6 +122,11 @@ pub async fn run(
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0, "--rate must be positive");
     }
+    anyhow::ensure!(
+        !args.series || settings.series.roots().is_some(),
+        "--series needs series.dicom_root and series.json_root"
+    );
+    let schedule = args.series.then(|| series_builder::schedule_of(settings));
     let started = Instant::now();
     let db = db::lazy_pool(&settings.database).context("database.url")?;
     let redis = redis_conn::command_pool(&settings.redis).context("redis.url")?;
@@ -169,6 +179,7 @@ pub async fn run(
             db.clone(),
             redis.clone(),
             studies,
+            schedule.clone(),
         ));
         if in_flight.len() >= args.concurrency as usize {
             add(&mut summary, &progress, in_flight.join_next().await)?;
@@ -221,6 +232,7 @@ async fn refresh_page(
     db: sqlx::PgPool,
     redis: deadpool_redis::Pool,
     studies: Vec<(TenantId, Uid)>,
+    schedule: Option<Schedule>,
 ) -> PageResult {
     let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
         .iter()
@@ -231,7 +243,8 @@ async fn refresh_page(
     loop {
         let tried = async {
             let mut pipe = redis::pipe();
-            let plans = refresh::plan(&db, &settings, &mut pipe, &requests).await?;
+            let plans =
+                refresh::plan(&db, &settings, &mut pipe, &requests, schedule.as_ref()).await?;
             let mut con = redis.get().await?;
             let written = refresh::send(&mut *con, &pipe, &plans).await?;
             let missing = plans.iter().filter(|p| **p == Plan::Missing).count() as u64;

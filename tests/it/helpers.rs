@@ -224,6 +224,8 @@ impl Drop for TestEnv {
         let keys = [
             self.settings.stream.key.clone(),
             self.settings.stream.dead_letter_key.clone(),
+            dicom_cache_warmer::keys::series_schedule(&self.settings.stream.group),
+            dicom_cache_warmer::keys::series_first_event(&self.settings.stream.group),
         ];
         let pattern = format!("*:{}*", self.tenant_prefix);
         // Drop runs inside the test's runtime: clean up from a thread with its own.

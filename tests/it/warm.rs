@@ -115,3 +115,43 @@ async fn warm_without_a_selection_refuses_to_run() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--all"));
 }
+
+#[tokio::test]
+async fn warm_with_series_schedules_every_series_of_the_warmed_studies() {
+    let env = TestEnv::new().await;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 1,
+        studies: 3,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let roots = tempfile::tempdir().expect("roots");
+    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__SERIES__DICOM_ROOT", roots.path())
+        .env("DCW__SERIES__JSON_ROOT", roots.path())
+        .env("DCW__LOG__LEVEL", "warn")
+        .args(["warm", "--all", "--series"])
+        .output()
+        .await
+        .expect("run warm");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let scheduled: BTreeSet<String> = redis::cmd("ZRANGE")
+        .arg(keys::series_schedule(&env.settings.stream.group))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("ZRANGE");
+    let expected: BTreeSet<String> = dataset
+        .rows
+        .iter()
+        .map(|r| format!("{}/{}/{}", r.tenant_id, r.study_uid, r.series_uid))
+        .collect();
+    assert_eq!(scheduled, expected);
+}
