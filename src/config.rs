@@ -246,12 +246,18 @@ impl Default for SeriesSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwksSettings {
-    /// The identity provider's key set URL; refresh is off when unset.
-    pub url: Option<String>,
+    /// The identity provider's key set URL (`https://`); refresh is off when unset.
+    pub url: Option<ServiceUrl>,
     /// Seconds between refreshes.
     pub refresh_secs: u64,
     /// Lifetime of the cached key set, in seconds.
     pub ttl_secs: u64,
+    /// A PEM file of extra trusted root certificates, beside the platform's.
+    pub ca_file: Option<PathBuf>,
+    /// Time limit for one fetch (connecting, redirects and the whole body), in milliseconds.
+    pub timeout_ms: u64,
+    /// Accept a plain `http://` URL (and redirects to one); off by default.
+    pub allow_http: bool,
 }
 
 impl Default for JwksSettings {
@@ -260,7 +266,22 @@ impl Default for JwksSettings {
             url: None,
             refresh_secs: 300,
             ttl_secs: 6_000,
+            ca_file: None,
+            timeout_ms: 5_000,
+            allow_http: false,
         }
+    }
+}
+
+impl JwksSettings {
+    /// Time between refreshes.
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.refresh_secs)
+    }
+
+    /// Time limit for one fetch.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }
 
@@ -624,11 +645,30 @@ impl Settings {
             "jwks.refresh_secs",
             "must be at least 1",
         );
+        // A key set that outlives a few failed refreshes rides out a short provider outage.
         check(
-            self.jwks.ttl_secs >= 2 * self.jwks.refresh_secs,
+            self.jwks.ttl_secs >= self.jwks.refresh_secs.saturating_mul(3),
             "jwks.ttl_secs",
-            "must be at least twice jwks.refresh_secs",
+            "must be at least 3 x jwks.refresh_secs",
         );
+        check(
+            (100..=60_000).contains(&self.jwks.timeout_ms)
+                && self.jwks.timeout_ms < self.jwks.refresh_secs.saturating_mul(1_000),
+            "jwks.timeout_ms",
+            "must be between 100 and 60000 and shorter than jwks.refresh_secs",
+        );
+        if let Some(url) = &self.jwks.url {
+            // http and https URLs always have a host (the url crate refuses them without).
+            match url.scheme().as_deref() {
+                Some("https") => {}
+                Some("http") => check(
+                    self.jwks.allow_http,
+                    "jwks.url",
+                    "plain http:// is refused unless jwks.allow_http = true",
+                ),
+                _ => check(false, "jwks.url", "must be an https:// URL"),
+            }
+        }
         check(
             (1..=3_600).contains(&self.shutdown.grace_secs),
             "shutdown.grace_secs",
@@ -799,6 +839,72 @@ mod tests {
                 "shutdown.grace_secs"
             ]
         );
+    }
+
+    #[test]
+    fn jwks_settings_are_checked_by_key() {
+        let s = load("", None, &[]).expect("defaults are valid");
+        assert!(s.jwks.url.is_none());
+        assert_eq!(s.jwks.timeout_ms, 5_000);
+        assert!(!s.jwks.allow_http);
+        assert!(s.jwks.ca_file.is_none());
+        let s = load(
+            "[jwks]\nurl = \"https://idp.example.org/certs\"\nca_file = \"/etc/idp-ca.pem\"\n",
+            None,
+            &[],
+        )
+        .expect("an https URL is valid");
+        assert_eq!(
+            s.jwks.ca_file.as_deref(),
+            Some(Path::new("/etc/idp-ca.pem"))
+        );
+        let refused = |vars: &[(&str, &str)]| {
+            let err = load("", None, vars).expect_err("invalid");
+            err.0.iter().map(|l| l.to_string()).collect::<Vec<_>>()
+        };
+        let http = refused(&[("DCW__JWKS__URL", "http://idp.internal/certs")]);
+        assert_eq!(
+            http,
+            ["jwks.url: plain http:// is refused unless jwks.allow_http = true"]
+        );
+        load(
+            "",
+            None,
+            &[
+                ("DCW__JWKS__URL", "http://idp.internal/certs"),
+                ("DCW__JWKS__ALLOW_HTTP", "true"),
+            ],
+        )
+        .expect("http with allow_http is valid");
+        for url in [
+            "ftp://idp/certs",
+            "idp.example.org/certs",
+            "file:///etc/jwks.json",
+        ] {
+            assert_eq!(
+                refused(&[("DCW__JWKS__URL", url)]),
+                ["jwks.url: must be an https:// URL"],
+                "{url}"
+            );
+        }
+        let ttl = refused(&[
+            ("DCW__JWKS__REFRESH_SECS", "600"),
+            ("DCW__JWKS__TTL_SECS", "1500"),
+        ]);
+        assert_eq!(
+            ttl,
+            ["jwks.ttl_secs: must be at least 3 x jwks.refresh_secs"]
+        );
+        for timeout in ["0", "99", "60001"] {
+            let err = refused(&[("DCW__JWKS__TIMEOUT_MS", timeout)]);
+            assert!(err[0].starts_with("jwks.timeout_ms: "), "{err:?}");
+        }
+        let slow = refused(&[
+            ("DCW__JWKS__REFRESH_SECS", "2"),
+            ("DCW__JWKS__TTL_SECS", "6"),
+            ("DCW__JWKS__TIMEOUT_MS", "2000"),
+        ]);
+        assert!(slow[0].starts_with("jwks.timeout_ms: "), "{slow:?}");
     }
 
     #[test]
