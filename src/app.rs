@@ -17,7 +17,7 @@ use crate::pipeline::{self, BatchError, Services};
 use crate::recheck::Rechecks;
 use crate::series_builder::{self, Builder};
 use crate::stream::{self, StreamEntry};
-use crate::{db, http, monitor, redis_conn};
+use crate::{db, http, jwks, monitor, redis_conn};
 
 /// The cursor that starts (and, returned, ends) a scan of the pending list.
 const CURSOR_START: &str = "0-0";
@@ -40,6 +40,8 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         redis,
         db: db::lazy_pool(&settings.database).context("database.url")?,
     };
+    // Built before any task starts: an unreadable jwks.ca_file fails the start.
+    let jwks = jwks::Refresher::new(&settings.jwks, services.redis.clone())?;
     metrics::handle();
     let health = Arc::new(Health::default());
     health.beat();
@@ -66,6 +68,7 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
         services.redis.clone(),
     )
     .map(|builder| tokio::spawn(builder.run(cancel.clone())));
+    let jwks = jwks.map(|refresher| tokio::spawn(refresher.run(cancel.clone())));
     let mut reader = Reader::default();
     let mut backoff = Backoff::default();
     // Entries left by a crashed or stopped consumer are looked for at once, then regularly.
@@ -103,6 +106,9 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
     if let Some(builder) = builder {
         // Builds in hand finish and release their locks.
         builder.await?;
+    }
+    if let Some(jwks) = jwks {
+        jwks.await?;
     }
     endpoint.await?;
     services.db.close().await;

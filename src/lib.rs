@@ -24,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod ids;
 pub mod instance_file;
+pub mod jwks;
 pub mod keys;
 pub mod lock;
 pub mod metrics;

@@ -150,6 +150,26 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Seconds,
         "Time to build and publish one series document"
     );
+    describe_counter!(
+        "dcw_jwks_refreshes_total",
+        Unit::Count,
+        "Identity provider key sets fetched, checked and written"
+    );
+    describe_counter!(
+        "dcw_jwks_refresh_failures_total",
+        Unit::Count,
+        "Key set refreshes that failed (the cached key set kept), by reason: timeout, network, status, too_large, invalid, private_key, redis"
+    );
+    describe_counter!(
+        "dcw_jwks_ttl_extensions_total",
+        Unit::Count,
+        "Cached key sets about to expire while the provider was down, given a full TTL again"
+    );
+    describe_gauge!(
+        "dcw_jwks_age_seconds",
+        Unit::Seconds,
+        "Time since the cached key set was fetched, as of the last refresh attempt"
+    );
     describe_histogram!("dcw_batch_entries", Unit::Count, "Entries per batch");
     describe_histogram!(
         "dcw_batch_duration_seconds",
@@ -256,4 +276,24 @@ pub fn batch_done(report: &BatchReport, elapsed: Duration) {
     counter!("dcw_studies_waiting_total").increment(report.studies_waiting as u64);
     histogram!("dcw_batch_entries").record(report.entries as f64);
     histogram!("dcw_batch_duration_seconds").record(elapsed);
+}
+
+/// Counts a key set written after a successful fetch.
+pub fn jwks_refreshed() {
+    counter!("dcw_jwks_refreshes_total").increment(1);
+}
+
+/// Counts a failed key set refresh for `reason` (a short, bounded name).
+pub fn jwks_refresh_failed(reason: &'static str) {
+    counter!("dcw_jwks_refresh_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts a cached key set whose TTL was extended while the provider was down.
+pub fn jwks_ttl_extended() {
+    counter!("dcw_jwks_ttl_extensions_total").increment(1);
+}
+
+/// Sets the age of the cached key set.
+pub fn jwks_age(age: Duration) {
+    gauge!("dcw_jwks_age_seconds").set(age.as_secs_f64());
 }
