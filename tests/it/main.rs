@@ -5,6 +5,7 @@ mod chaos;
 mod chaos_support;
 mod endpoint;
 mod helpers;
+mod jwks;
 mod parser_props;
 mod reliability;
 mod series;
