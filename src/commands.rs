@@ -1,5 +1,6 @@
 //! The one-shot subcommands: `migrate` and `check-config`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,19 +59,39 @@ async fn create_database(settings: &Settings) -> anyhow::Result<()> {
 /// fails when either service cannot be used.
 pub async fn check_config(settings: &Settings) -> anyhow::Result<()> {
     println!("{}", settings.to_redacted_toml());
-    let redis = check_redis(settings).await;
-    let database = check_database(settings).await;
-    for (service, result) in [("redis", &redis), ("postgres", &database)] {
+    let mut checks = vec![
+        ("redis", check_redis(settings).await),
+        ("postgres", check_database(settings).await),
+    ];
+    if let Some((dicom_root, json_root)) = settings.series.roots() {
+        checks.push(("series.dicom_root", check_readable(dicom_root)));
+        checks.push(("series.json_root", check_writable(json_root)));
+    }
+    for (what, result) in &checks {
         match result {
-            Ok(detail) => println!("{service}: ok ({detail})"),
-            Err(error) => println!("{service}: FAILED: {error:#}"),
+            Ok(detail) => println!("{what}: ok ({detail})"),
+            Err(error) => println!("{what}: FAILED: {error:#}"),
         }
     }
-    anyhow::ensure!(
-        redis.is_ok() && database.is_ok(),
-        "a connection check failed"
-    );
+    anyhow::ensure!(checks.iter().all(|(_, r)| r.is_ok()), "a check failed");
     Ok(())
+}
+
+fn check_readable(root: &Path) -> anyhow::Result<String> {
+    let entries = std::fs::read_dir(root).with_context(|| format!("list {}", root.display()))?;
+    Ok(format!(
+        "{} readable, {} entries",
+        root.display(),
+        entries.count()
+    ))
+}
+
+/// Creates and removes a probe file, as publishing a document does.
+fn check_writable(root: &Path) -> anyhow::Result<String> {
+    let probe = root.join(format!(".dcw-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("create a file in {}", root.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("remove {}", probe.display()))?;
+    Ok(format!("{} writable", root.display()))
 }
 
 async fn check_redis(settings: &Settings) -> anyhow::Result<String> {

@@ -402,11 +402,14 @@ impl ServiceUrl {
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
             Ok(mut url) => {
-                if url.password().is_some() {
-                    // Cannot fail: a URL with a password has a host.
-                    let _ = url.set_password(Some("[redacted]"));
+                if url.password().is_none() {
+                    return url.to_string();
                 }
-                url.to_string()
+                // A placeholder the URL keeps as it is (brackets would be percent-encoded).
+                const PLACEHOLDER: &str = "dcwredactedpassword";
+                // Cannot fail: a URL with a password has a host.
+                let _ = url.set_password(Some(PLACEHOLDER));
+                url.to_string().replacen(PLACEHOLDER, "[redacted]", 1)
             }
             Err(_) => "[unparsable URL, redacted]".into(),
         }

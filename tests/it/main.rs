@@ -3,6 +3,7 @@
 mod bad_input;
 mod chaos;
 mod chaos_support;
+mod check_config;
 mod endpoint;
 mod helpers;
 mod jwks;
