@@ -1,12 +1,15 @@
 //! Deterministic synthetic studies and their ingest events, for the demo, the tests and
 //! the benchmark: rows into `dicom_state_meta`, one event per instance into the stream.
 
+use std::path::{Path, PathBuf};
+
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::ConnectionLike;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
+use crate::fixtures::{self, CtInstance, FixtureError};
 use crate::study::DicomStateMeta;
 
 /// Rows per INSERT: 29 binds each stays under PostgreSQL's 65,535 parameters.
@@ -208,6 +211,32 @@ pub async fn insert_rows(pool: &PgPool, rows: &[DicomStateMeta]) -> Result<(), s
     Ok(())
 }
 
+/// Writes a CT series of `count` instance files, `{sop}.dcm` with SOP Instance UIDs
+/// `{series_uid}.1` to `{series_uid}.{count}` and Instance Numbers 1 to `count`, into `dir`;
+/// returns their paths in instance order.
+pub fn write_ct_series(
+    dir: &Path,
+    study_uid: &str,
+    series_uid: &str,
+    count: usize,
+) -> Result<Vec<PathBuf>, FixtureError> {
+    (1..=count)
+        .map(|n| {
+            let sop_uid = format!("{series_uid}.{n}");
+            let path = dir.join(format!("{sop_uid}.dcm"));
+            let ct = CtInstance {
+                study_uid,
+                series_uid,
+                sop_uid: &sop_uid,
+                instance_number: i32::try_from(n).ok(),
+                patient_name: fixtures::PATIENT_NAME,
+            };
+            fixtures::write_ct_instance(&path, &ct)?;
+            Ok(path)
+        })
+        .collect()
+}
+
 /// A plausible series row; optional columns vary so that nulls, fractions and floats
 /// all appear.
 fn series_row(
@@ -302,6 +331,16 @@ mod tests {
             .filter_map(|r| r.series_related_instances)
             .sum();
         assert_eq!(a.events.len(), instances as usize);
+    }
+
+    #[test]
+    fn a_ct_series_has_one_readable_file_per_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = write_ct_series(dir.path(), "1.2.3", "1.2.3.4", 3).expect("write series");
+        assert_eq!(paths.len(), 3);
+        assert!(paths[2].ends_with("1.2.3.4.3.dcm"), "{:?}", paths[2]);
+        let file = crate::instance_file::read_instance(&paths[2]).expect("read instance");
+        assert_eq!(file.meta().media_storage_sop_instance_uid(), "1.2.3.4.3");
     }
 
     #[test]
