@@ -45,6 +45,9 @@ pub struct RedisSettings {
     /// A file holding the password (a systemd credential or a mounted secret); wins over
     /// `password`.
     pub password_file: Option<PathBuf>,
+    /// With a `rediss://` URL: the PEM certificate authority to trust instead of the
+    /// platform's roots.
+    pub ca_file: Option<PathBuf>,
     /// Connections in the command pool.
     pub pool_size: usize,
     /// Time limit for one command or pipeline, in milliseconds.
@@ -57,6 +60,7 @@ impl Default for RedisSettings {
             url: ServiceUrl("redis://127.0.0.1:6379".into()),
             password: None,
             password_file: None,
+            ca_file: None,
             pool_size: 8,
             command_timeout_ms: 5_000,
         }

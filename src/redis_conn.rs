@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisResult};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates,
+};
 
 use crate::config::RedisSettings;
 
-/// The connection details, with `redis.password` applied over the URL's.
+/// The connection details, with `redis.password` applied over the URL's and, for TLS,
+/// `redis.ca_file` as the only trusted certificate authority.
 pub fn connection_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> {
     let info = settings.url.expose().into_connection_info()?;
-    Ok(match &settings.password {
+    let info = match &settings.password {
         Some(password) => {
             let redis = info
                 .redis_settings()
@@ -20,7 +23,24 @@ pub fn connection_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> 
             info.set_redis_settings(redis)
         }
         None => info,
-    })
+    };
+    let Some(ca_file) = &settings.ca_file else {
+        return Ok(info);
+    };
+    let root_cert = std::fs::read(ca_file).map_err(|error| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "redis.ca_file cannot be read",
+            format!("{}: {error}", ca_file.display()),
+        ))
+    })?;
+    let tls = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    Ok(Client::build_with_tls(info, tls)?
+        .get_connection_info()
+        .clone())
 }
 
 fn connection_config(
@@ -54,7 +74,14 @@ pub async fn blocking_connection(
     settings: &RedisSettings,
     block: Duration,
 ) -> RedisResult<MultiplexedConnection> {
-    let client = Client::open(connection_info(settings)?)?;
+    let info = connection_info(settings).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "bad redis settings",
+            format!("{e:#}"),
+        ))
+    })?;
+    let client = Client::open(info)?;
     client
         .get_multiplexed_async_connection_with_config(&connection_config(
             settings,

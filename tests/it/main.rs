@@ -9,6 +9,7 @@ mod helpers;
 mod jwks;
 mod parser_props;
 mod reliability;
+mod security;
 mod series;
 mod server_schema;
 mod shutdown;
