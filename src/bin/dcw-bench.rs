@@ -354,6 +354,8 @@ impl Drop for ChildGuard {
 struct Counters {
     db_queries: f64,
     redis_round_trips: f64,
+    /// Study keys written (one study is written again for every batch it appears in).
+    study_fills: f64,
 }
 
 impl Daemon {
@@ -485,6 +487,7 @@ impl Daemon {
         Ok(Counters {
             db_queries: metric_sum(&rendered, "dcw_db_queries_total"),
             redis_round_trips: metric_sum(&rendered, "dcw_redis_round_trips_total"),
+            study_fills: metric_sum(&rendered, "dcw_studies_filled_total"),
         })
     }
 
@@ -940,6 +943,7 @@ const REFERENCE_SELECT: &str = "SELECT tenant_id, patient_id, study_uid, series_
 struct ReferenceCounts {
     queries: AtomicU64,
     round_trips: AtomicU64,
+    fills: AtomicU64,
 }
 
 /// Drains the same events with `workers` plain per-event workers on their own stream and
@@ -1008,6 +1012,7 @@ async fn reference_drain(
         counters: Counters {
             db_queries: counts.queries.load(Ordering::Relaxed) as f64,
             redis_round_trips: counts.round_trips.load(Ordering::Relaxed) as f64,
+            study_fills: counts.fills.load(Ordering::Relaxed) as f64,
         },
         cpu,
     })
@@ -1050,6 +1055,7 @@ async fn reference_worker(
                         .query_async::<()>(&mut *con)
                         .await?;
                     counts.round_trips.fetch_add(1, Ordering::Relaxed);
+                    counts.fills.fetch_add(1, Ordering::Relaxed);
                 }
             }
             stream::ack(&mut *con, stream, &[entry.id.as_str()]).await?;
@@ -1117,6 +1123,14 @@ impl DrainReport {
             reference.map(|r| format!("{:.5}", per_event(r.counters.redis_round_trips))),
         );
         row(
+            "study fills per study",
+            format!(
+                "{:.1}",
+                self.daemon.counters.study_fills / self.studies as f64
+            ),
+            reference.map(|r| format!("{:.1}", r.counters.study_fills / self.studies as f64)),
+        );
+        row(
             "wrong study keys",
             self.daemon.wrong_studies.to_string(),
             reference.map(|r| r.wrong_studies.to_string()),
@@ -1174,6 +1188,7 @@ impl DrainReport {
             "studies_per_sec": self.studies as f64 / self.daemon.elapsed.as_secs_f64(),
             "pg_queries_per_event": per_event(self.daemon.counters.db_queries),
             "redis_round_trips_per_event": per_event(self.daemon.counters.redis_round_trips),
+            "study_fills": self.daemon.counters.study_fills,
             "wrong_studies": self.daemon.wrong_studies,
             "startup_ms": self.startup.as_secs_f64() * 1e3,
             "cpu_secs": cpu_json(&self.daemon.cpu),
@@ -1188,6 +1203,7 @@ impl DrainReport {
                 "events_per_sec": rate(r),
                 "pg_queries_per_event": per_event(r.counters.db_queries),
                 "redis_round_trips_per_event": per_event(r.counters.redis_round_trips),
+                "study_fills": r.counters.study_fills,
                 "wrong_studies": r.wrong_studies,
                 "cpu_secs": cpu_json(&r.cpu),
                 "load_after": self.load_after_reference,
