@@ -95,3 +95,48 @@ async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events
         .expect("kill");
     assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
 }
+
+#[tokio::test]
+async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
+    let env = TestEnv::new().await;
+    let mut redis = crate::chaos_support::PrivateRedis::start().await;
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__REDIS__URL", redis.url())
+        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DCW__LOG__LEVEL", "error")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    let status = |path: &'static str| async move { get(port, path).await.map(|(s, _)| s) };
+
+    wait_for("readiness", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+    redis.stop().await;
+    wait_for("readiness to fall", || async {
+        status("/readyz").await == Some(503)
+    })
+    .await;
+    assert_eq!(
+        status("/healthz").await,
+        Some(200),
+        "liveness does not depend on Redis"
+    );
+    redis.restart().await;
+    wait_for("readiness to return", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+
+    let pid = daemon.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+}
