@@ -793,6 +793,7 @@ async fn drain_on(
     let dataset = Dataset::generate(&args.dataset.spec(&scratch.tenant_prefix));
     let pool = scratch.pool()?;
     dataset.insert(&pool).await.context("insert the studies")?;
+    analyze(&pool).await?;
     let mut con = scratch.redis().await?;
     let machine = machine(&mut con, &pool).await;
     let published = Instant::now();
@@ -853,6 +854,17 @@ async fn drain_on(
         load_after_daemon,
         load_after_reference,
     })
+}
+
+/// Gives the planner the statistics that autovacuum keeps on a live database. Without them
+/// PostgreSQL may look studies up through `index_state_unique4patient` (tenant, patient,
+/// study, series), scanning the tenant's whole index range for each study.
+async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("ANALYZE dicom_state_meta")
+        .execute(pool)
+        .await
+        .context("analyze dicom_state_meta")?;
+    Ok(())
 }
 
 /// Waits until the group has nothing pending or unread; returns the time from the start
@@ -1283,6 +1295,7 @@ async fn latency_on(
         .insert(&pool)
         .await
         .context("insert the probe studies")?;
+    analyze(&pool).await?;
     let mut con = scratch.redis().await?;
     let machine = machine(&mut con, &pool).await;
     stream::ensure_group(&mut con, &settings.stream).await?;
