@@ -143,6 +143,19 @@ impl SeriesFixture {
     }
 }
 
+/// Waits until no series is scheduled: every build, the one after the last event included, is done.
+async fn wait_for_empty_schedule(env: &TestEnv) {
+    wait_for("the schedule to empty", || async {
+        let due: i64 = redis::cmd("ZCARD")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZCARD");
+        due == 0
+    })
+    .await;
+}
+
 fn read_document(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(path).expect("document")).expect("a JSON array")
 }
@@ -233,15 +246,7 @@ async fn three_hundred_events_over_time_lead_to_one_build_and_a_busy_series_is_b
     env.wait_until_drained().await;
     // Every build reads all 300 files (the database lists them from the start): wait for the
     // schedule to empty, i.e. for the build after the last event too.
-    wait_for("the schedule to empty", || async {
-        let due: i64 = redis::cmd("ZCARD")
-            .arg(keys::series_schedule(&env.settings.stream.group))
-            .query_async(&mut env.redis.clone())
-            .await
-            .expect("ZCARD");
-        due == 0
-    })
-    .await;
+    wait_for_empty_schedule(&env).await;
     daemon.stop().await;
     assert_eq!(read_document(&series.document()).len(), 300);
     let builds = series.builds(&env).await;
@@ -552,15 +557,7 @@ async fn a_burst_within_the_quiet_period_is_built_exactly_once() {
     wait_for("the document", || async { series.builds(&env).await == 1 }).await;
     env.wait_until_drained().await;
     // Nothing else is due: the schedule is empty once the build completed.
-    wait_for("the schedule to empty", || async {
-        let due: i64 = redis::cmd("ZCARD")
-            .arg(keys::series_schedule(&env.settings.stream.group))
-            .query_async(&mut env.redis.clone())
-            .await
-            .expect("ZCARD");
-        due == 0
-    })
-    .await;
+    wait_for_empty_schedule(&env).await;
     daemon.stop().await;
     assert_eq!(series.builds(&env).await, 1, "one build for 300 events");
     assert_eq!(read_document(&series.document()).len(), 300);
