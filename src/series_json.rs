@@ -752,33 +752,25 @@ fn first_i32(value: &PrimitiveValue) -> Option<i32> {
 
 /// The value's bytes as DICOM JSON wants them: little endian, whatever the host.
 fn little_endian_bytes(value: &PrimitiveValue, out: &mut Vec<u8>) {
+    // Every numeric type writes its values one after the other, little-endian.
+    macro_rules! little_endian {
+        ($values:expr) => {
+            $values
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
     out.clear();
     match value {
         PrimitiveValue::U8(v) => out.extend_from_slice(v),
-        PrimitiveValue::U16(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::I16(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::U32(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::I32(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::U64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::I64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::F32(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        PrimitiveValue::F64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        PrimitiveValue::U16(v) => little_endian!(v),
+        PrimitiveValue::I16(v) => little_endian!(v),
+        PrimitiveValue::U32(v) => little_endian!(v),
+        PrimitiveValue::I32(v) => little_endian!(v),
+        PrimitiveValue::U64(v) => little_endian!(v),
+        PrimitiveValue::I64(v) => little_endian!(v),
+        PrimitiveValue::F32(v) => little_endian!(v),
+        PrimitiveValue::F64(v) => little_endian!(v),
         other => out.extend_from_slice(&other.to_bytes()),
     }
 }

@@ -63,6 +63,24 @@ pub struct InstanceEvent {
     pub sop_uid: String,
 }
 
+impl InstanceEvent {
+    /// The `XADD` that publishes this event to `stream_key`, as the ingest pipeline does.
+    pub fn xadd(&self, stream_key: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream_key)
+            .arg("*")
+            .arg("tenant_id")
+            .arg(&self.tenant_id)
+            .arg("study_uid")
+            .arg(&self.study_uid)
+            .arg("series_uid")
+            .arg(&self.series_uid)
+            .arg("sop_uid")
+            .arg(&self.sop_uid);
+        cmd
+    }
+}
+
 /// Rows and events of a generated dataset.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -142,18 +160,7 @@ impl Dataset {
         for chunk in self.events.chunks(PUBLISH_CHUNK) {
             let mut pipe = redis::pipe();
             for event in chunk {
-                pipe.cmd("XADD")
-                    .arg(stream_key)
-                    .arg("*")
-                    .arg("tenant_id")
-                    .arg(&event.tenant_id)
-                    .arg("study_uid")
-                    .arg(&event.study_uid)
-                    .arg("series_uid")
-                    .arg(&event.series_uid)
-                    .arg("sop_uid")
-                    .arg(&event.sop_uid)
-                    .ignore();
+                pipe.add_command(event.xadd(stream_key)).ignore();
             }
             pipe.query_async::<()>(con).await?;
         }

@@ -1399,7 +1399,7 @@ async fn run_probes(
                 &Uid::parse(&probe.study_uid)?,
             );
             let started = Instant::now();
-            let _: String = xadd(probe, &key).query(&mut con)?;
+            let _: String = probe.xadd(&key).query(&mut con)?;
             loop {
                 let value: Option<Vec<u8>> = redis::cmd("GET").arg(&study_key).query(&mut con)?;
                 if value.is_some() {
@@ -1417,21 +1417,6 @@ async fn run_probes(
         Ok(latencies)
     })
     .await?
-}
-
-fn xadd(event: &InstanceEvent, stream_key: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream_key)
-        .arg("*")
-        .arg("tenant_id")
-        .arg(&event.tenant_id)
-        .arg("study_uid")
-        .arg(&event.study_uid)
-        .arg("series_uid")
-        .arg(&event.series_uid)
-        .arg("sop_uid")
-        .arg(&event.sop_uid);
-    cmd
 }
 
 /// Publishes `events` (over again when they run out) at `rate` per second until `stop`;
@@ -1455,7 +1440,7 @@ fn publish_paced(
             let mut pipe = redis::pipe();
             for n in sent..sent + now_due {
                 let event = &events[(n % events.len() as u64) as usize];
-                pipe.add_command(xadd(event, stream_key)).ignore();
+                pipe.add_command(event.xadd(stream_key)).ignore();
             }
             pipe.query::<()>(&mut con)?;
             sent += now_due;
