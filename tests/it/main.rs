@@ -8,6 +8,7 @@ mod endpoint;
 mod helpers;
 mod jwks;
 mod parser_props;
+mod private_postgres;
 mod reliability;
 mod security;
 mod series;

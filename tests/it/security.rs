@@ -21,7 +21,8 @@ const ACL_RULE: &str = "on >warmer-secret ~wado:* ~db:* ~dcw:* ~it:* ~jwksurl:* 
     +ping +info +xreadgroup +xack +xadd +xautoclaim +xpending +xgroup +xinfo +xlen \
     +eval +get +set +del +exists +pexpire +hget +hset +hdel +zadd +zrangebyscore +zscore +zrem +time";
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` with `args` in `dir`; panics when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let status = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -32,8 +33,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(status.success(), "openssl {args:?}");
 }
 
-/// A CA and a server certificate for 127.0.0.1, made in `dir`.
-fn make_certificates(dir: &Path) {
+/// A CA (`ca.crt`, `ca.key`) and a server certificate (`server.crt`, `server.key`) for
+/// `localhost` and 127.0.0.1 signed by it, made in `dir`.
+pub fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[
@@ -135,7 +137,12 @@ async fn admin_connection(dir: &Path, port: u16) -> MultiplexedConnection {
     }
 }
 
-async fn run_binary(env: &TestEnv, vars: &[(&str, String)], args: &[&str]) -> std::process::Output {
+/// Runs the real binary on `env`'s slice with `vars` added (later ones win) and a `warn` log.
+pub async fn run_binary(
+    env: &TestEnv,
+    vars: &[(&str, String)],
+    args: &[&str],
+) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
         .envs(env.daemon_env())
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
