@@ -1,14 +1,19 @@
-//! `warm`: the real binary fills exactly the selected studies and prints a summary.
+//! `warm`: the real binary fills exactly the selected studies and prints a summary, keeps to
+//! `--rate`, and stops on Ctrl-C with a summary; a re-run fills the rest.
 
 use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
+use dicom_cache_warmer::study::DicomStateMeta;
 use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 use tokio::process::Command;
 
-use crate::helpers::TestEnv;
+use crate::chaos_support::{check_cache, send_signal};
+use crate::helpers::{DEADLINE, TestEnv, wait_for};
 
 async fn warm(env: &TestEnv, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
@@ -154,4 +159,198 @@ async fn warm_with_series_schedules_every_series_of_the_warmed_studies() {
         .map(|r| format!("{}/{}/{}", r.tenant_id, r.study_uid, r.series_uid))
         .collect();
     assert_eq!(scheduled, expected);
+}
+
+/// `warm` as a child process on `env`'s slice, its output captured.
+fn spawn_warm(env: &TestEnv, args: &[&str]) -> tokio::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__LOG__LEVEL", "warn")
+        .arg("warm")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start warm")
+}
+
+#[tokio::test]
+async fn warm_keeps_to_its_rate() {
+    let env = TestEnv::new().await;
+    const STUDIES: usize = 50;
+    const PAGE: usize = 5;
+    const RATE: f64 = 20.0;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 1,
+        studies: STUDIES,
+        max_series: 1,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let tenant = format!("{}0", env.tenant_prefix);
+
+    let started = Instant::now();
+    let output = spawn_warm(
+        &env,
+        &[
+            "--tenant",
+            &tenant,
+            "--page-size",
+            &PAGE.to_string(),
+            "--rate",
+            &RATE.to_string(),
+        ],
+    )
+    .wait_with_output()
+    .await
+    .expect("run warm");
+    let elapsed = started.elapsed();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        summary.contains(&format!("warm done: {STUDIES} selected, {STUDIES} filled")),
+        "{summary}"
+    );
+    // Pages start no sooner than the rate allows for every study listed so far: only the
+    // last page's studies can be ahead of the rate, so the run lasts at least this long
+    // (src/warm.rs even waits for a page's own studies: STUDIES / RATE, 2.5 s).
+    let at_least = Duration::from_secs_f64((STUDIES - PAGE) as f64 / RATE);
+    assert!(
+        elapsed >= at_least,
+        "{STUDIES} studies at {RATE}/s took {elapsed:?}, less than {at_least:?}: {summary}"
+    );
+    // And the pacing is all it waits for.
+    let at_most = Duration::from_secs_f64(STUDIES as f64 / RATE) + Duration::from_secs(5);
+    assert!(elapsed < at_most, "took {elapsed:?}: {summary}");
+    let cache = check_cache(&env.redis, &dataset.rows).await;
+    assert_eq!(cache.correct, STUDIES, "{:?}", cache.wrong);
+}
+
+#[tokio::test]
+async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
+    let env = TestEnv::new().await;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 2,
+        studies: 40,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let tenant = format!("{}0", env.tenant_prefix);
+    let (selected, outside): (Vec<DicomStateMeta>, Vec<DicomStateMeta>) = dataset
+        .rows
+        .iter()
+        .cloned()
+        .partition(|r| r.tenant_id == tenant);
+    let selected_studies = Dataset {
+        rows: selected.clone(),
+        events: Vec::new(),
+    };
+    let selected_ids: BTreeSet<&str> = selected.iter().map(|r| r.study_uid.as_str()).collect();
+    assert_eq!(selected_ids.len(), 20, "half of the studies are selected");
+    // The server's negative flag on every study outside the selection: a fill would clear it.
+    let mut con = env.redis.clone();
+    for row in &outside {
+        let flag = keys::study_negative_flag(
+            &TenantId::parse(&row.tenant_id).expect("tenant"),
+            &Uid::parse(&row.study_uid).expect("uid"),
+        );
+        let () = redis::cmd("SET")
+            .arg(&flag)
+            .arg("1")
+            .arg("EX")
+            .arg(300)
+            .query_async(&mut con)
+            .await
+            .expect("SET");
+    }
+    let untouched = || async {
+        let outside_studies = Dataset {
+            rows: outside.clone(),
+            events: Vec::new(),
+        };
+        assert!(
+            cached_studies(&env, &outside_studies).await.is_empty(),
+            "no study outside the selection is cached"
+        );
+        for row in &outside {
+            let (t, s) = (
+                TenantId::parse(&row.tenant_id).expect("tenant"),
+                Uid::parse(&row.study_uid).expect("uid"),
+            );
+            assert!(env.get(&keys::study_version(&t, &s)).await.is_none());
+            assert!(
+                env.get(&keys::study_negative_flag(&t, &s)).await.is_some(),
+                "the negative flag of {} outside the selection is kept",
+                row.study_uid
+            );
+        }
+    };
+
+    // One study per page, 4 a second: the whole selection would take 5 s.
+    let warm_args = ["--tenant", tenant.as_str(), "--page-size", "1"];
+    let child = spawn_warm(&env, &[&warm_args[..], &["--rate", "4"]].concat());
+    let pid = child.id().expect("warm is running");
+    wait_for("warm to fill its first studies", || async {
+        cached_studies(&env, &selected_studies).await.len() >= 2
+    })
+    .await;
+    let signalled = Instant::now();
+    send_signal("-INT", pid).await;
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("warm exits after Ctrl-C")
+        .expect("wait for warm");
+    let stopped_in = signalled.elapsed();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "an interrupted warm exits 0 (README): {summary} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stopped_in < Duration::from_secs(2),
+        "warm took {stopped_in:?} to stop"
+    );
+    let filled_before = cached_studies(&env, &selected_studies).await.len();
+    assert!(
+        summary.contains(&format!(
+            "warm interrupted: 20 selected, {filled_before} filled"
+        )),
+        "the summary counts exactly the keys written: {filled_before} cached; {summary}"
+    );
+    assert!(
+        (2..20).contains(&filled_before),
+        "some but not all: {filled_before}"
+    );
+    let cache = check_cache(&env.redis, &selected).await;
+    assert_eq!(
+        cache.correct + cache.wrong.len(),
+        20,
+        "every selected study checked"
+    );
+    assert_eq!(cache.correct, filled_before, "{:?}", cache.wrong);
+    untouched().await;
+
+    // The same command again fills every selected study.
+    let rerun = spawn_warm(&env, &warm_args)
+        .wait_with_output()
+        .await
+        .expect("run warm again");
+    let summary = String::from_utf8_lossy(&rerun.stdout);
+    assert!(rerun.status.success(), "{summary}");
+    assert!(
+        summary.contains("warm done: 20 selected, 20 filled"),
+        "{summary}"
+    );
+    let cache = check_cache(&env.redis, &selected).await;
+    assert_eq!(cache.correct, 20, "{:?}", cache.wrong);
+    untouched().await;
 }
