@@ -1,5 +1,5 @@
-//! The daemon: builds the connections, then reclaims idle entries and reads new ones, batch
-//! after batch, until cancelled.
+//! The daemon: builds the connections, then reclaims idle entries and reads new ones,
+//! window after window, until cancelled.
 
 use std::sync::Arc;
 
@@ -13,10 +13,11 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::health::{Health, Service};
 use crate::metrics::{self, RoundTrip};
-use crate::pipeline::{self, BatchError, Services};
+use crate::pipeline::{self, BatchError, BatchReport, Services};
 use crate::recheck::Rechecks;
 use crate::series_builder::{self, Builder};
 use crate::stream::{self, StreamEntry};
+use crate::window::Window;
 use crate::{db, http, jwks, monitor, redis_conn};
 
 /// The cursor that starts (and, returned, ends) a scan of the pending list.
@@ -87,18 +88,21 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
                 health.down(error.service(), &error);
             }
         }
-        let entries = match reader.read(&settings, &health).await {
-            Ok(entries) => entries,
-            Err(error) => {
-                health.down(Service::Redis, &error);
-                backoff.wait(&cancel).await;
-                continue;
+        let mut window = Window::default();
+        let read = reader.gather(&settings, &health, &mut window).await;
+        match &read {
+            Ok(()) => {
+                health.up(Service::Redis);
+                backoff.reset();
             }
-        };
-        health.up(Service::Redis);
-        backoff.reset();
-        if !entries.is_empty() {
-            process_until_done(&services, &settings, &health, &entries, &cancel).await;
+            Err(error) => health.down(Service::Redis, error),
+        }
+        // Entries read before a failed read are this consumer's: processed all the same.
+        if !window.is_empty() {
+            process_until_done(&services, &settings, &health, &mut window, &cancel).await;
+        }
+        if read.is_err() {
+            backoff.wait(&cancel).await;
         }
     }
     // Both end on `cancel`; a panic in either is a bug worth exiting non-zero for.
@@ -144,7 +148,11 @@ async fn reclaim(
         if !claimed.entries.is_empty() {
             tracing::info!(entries = claimed.entries.len(), "reclaimed idle entries");
             metrics::entries_reclaimed(claimed.entries.len());
-            process_until_done(services, settings, health, &claimed.entries, cancel).await;
+            let mut window = Window::default();
+            for entry in claimed.entries {
+                window.add(entry);
+            }
+            process_until_done(services, settings, health, &mut window, cancel).await;
         }
         if claimed.next_cursor == CURSOR_START || cancel.is_cancelled() {
             break;
@@ -168,39 +176,52 @@ async fn reclaim(
     Ok(())
 }
 
-/// Processes a batch, retrying infrastructure faults with backoff until it succeeds or
+/// Processes a window, retrying infrastructure faults with backoff until it is done or
 /// the daemon is stopping (its entries then stay pending for a later claim).
 async fn process_until_done(
     services: &Services,
     settings: &Settings,
     health: &Health,
-    entries: &[StreamEntry],
+    window: &mut Window,
     cancel: &CancellationToken,
 ) {
+    let started = Instant::now();
+    let mut report = BatchReport::default();
     let mut backoff = Backoff::default();
     loop {
         health.beat();
-        match pipeline::process_batch(services, settings, entries).await {
-            Ok(report) => {
+        match pipeline::process_window(services, settings, window, &mut report).await {
+            Ok(()) => {
                 health.up(Service::Redis);
                 if report.queried_database {
                     health.up(Service::Database);
                 }
-                return;
+                break;
             }
             Err(error) => {
                 health.down(error.service(), &error);
                 if cancel.is_cancelled() {
                     tracing::warn!(
-                        entries = entries.len(),
-                        "stopping: batch left pending for another consumer"
+                        entries = window.len() - report.entries,
+                        "stopping: entries left pending for another consumer"
                     );
-                    return;
+                    break;
                 }
                 backoff.wait(cancel).await;
             }
         }
     }
+    metrics::batch_done(&report, started.elapsed());
+    tracing::info!(
+        entries = report.entries,
+        studies_filled = report.studies_filled,
+        studies_stale = report.studies_stale,
+        studies_removed = report.studies_removed,
+        studies_waiting = report.studies_waiting,
+        dead_lettered = report.dead_lettered,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "batch done"
+    );
 }
 
 /// The stream reader's dedicated connection, opened (and the group ensured) on demand.
@@ -210,10 +231,34 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads into `window` until a read comes back short (the stream is drained for now)
+    /// or the window holds `stream.coalesce_entries`; only the first read waits.
+    async fn gather(
+        &mut self,
+        settings: &Settings,
+        health: &Health,
+        window: &mut Window,
+    ) -> RedisResult<()> {
+        let mut wait = true;
+        loop {
+            let entries = self.read(settings, health, wait).await?;
+            let full = entries.len() == settings.stream.batch_size;
+            for entry in entries {
+                window.add(entry);
+            }
+            if !full || window.len() >= settings.stream.coalesce_entries {
+                return Ok(());
+            }
+            wait = false;
+            health.beat();
+        }
+    }
+
     async fn read(
         &mut self,
         settings: &Settings,
         health: &Health,
+        wait: bool,
     ) -> RedisResult<Vec<StreamEntry>> {
         let con = match &mut self.con {
             Some(con) => con,
@@ -226,7 +271,7 @@ impl Reader {
                 self.con.insert(con)
             }
         };
-        let read = stream::read_new(con, &settings.stream).await;
+        let read = stream::read_new(con, &settings.stream, wait).await;
         metrics::round_trip(RoundTrip::Read);
         match &read {
             Ok(entries) => metrics::entries_read(entries.len()),

@@ -128,8 +128,11 @@ pub struct StreamSettings {
     pub claim_idle_ms: u64,
     /// Deliveries after which an entry that keeps failing is dead-lettered.
     pub max_deliveries: u64,
-    /// Entries read at most per batch.
+    /// Entries read at most per read.
     pub batch_size: usize,
+    /// Entries gathered over several reads, while the stream has more, and coalesced by
+    /// study before the cache is written: each study is filled once per window.
+    pub coalesce_entries: usize,
     /// How long one read waits for new entries, in milliseconds.
     pub block_ms: u64,
     /// Other consumers idle longer than this and owning no entry are deleted, in milliseconds.
@@ -146,6 +149,7 @@ impl Default for StreamSettings {
             claim_idle_ms: 60_000,
             max_deliveries: 5,
             batch_size: 1_000,
+            coalesce_entries: 50_000,
             block_ms: 1_000,
             stale_consumer_ms: 600_000,
         }
@@ -596,6 +600,11 @@ impl Settings {
             (1..=10_000).contains(&self.stream.batch_size),
             "stream.batch_size",
             "must be between 1 and 10000",
+        );
+        check(
+            (self.stream.batch_size..=1_000_000).contains(&self.stream.coalesce_entries),
+            "stream.coalesce_entries",
+            "must be between stream.batch_size and 1000000",
         );
         check(
             (1..=60_000).contains(&self.stream.block_ms),

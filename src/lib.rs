@@ -42,3 +42,4 @@ pub mod study;
 pub mod synthetic;
 pub mod telemetry;
 pub mod warm;
+pub mod window;

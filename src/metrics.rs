@@ -170,11 +170,15 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Seconds,
         "Time since the cached key set was fetched, as of the last refresh attempt"
     );
-    describe_histogram!("dcw_batch_entries", Unit::Count, "Entries per batch");
+    describe_histogram!(
+        "dcw_batch_entries",
+        Unit::Count,
+        "Entries per batch: entries gathered over one or more reads and coalesced by study"
+    );
     describe_histogram!(
         "dcw_batch_duration_seconds",
         Unit::Seconds,
-        "Time to process one batch, from read to XACK"
+        "Time to process one batch, from its first study query to its last XACK"
     );
     describe_histogram!(
         "dcw_db_query_duration_seconds",

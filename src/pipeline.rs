@@ -1,7 +1,7 @@
-//! One batch of stream entries through the steps: parse, coalesce by study, read the
-//! database once, write the cache in one round trip, acknowledge in one XACK.
+//! A window of stream entries, coalesced by study, through the steps: read the database
+//! once per round of studies, write the cache in one round trip, acknowledge in one XACK.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::ops::AddAssign;
 use std::path::Path;
 use std::time::Instant;
 
@@ -9,14 +9,15 @@ use redis::RedisError;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::event::{self, EventKind};
+use crate::event::EventKind;
 use crate::health::Service;
 use crate::ids::{TenantId, Uid};
 use crate::metrics::{self, RoundTrip};
 use crate::recheck::Rechecks;
 use crate::refresh::{self, Plan};
 use crate::schedule::{Schedule, SeriesRef};
-use crate::stream::{self, StreamEntry};
+use crate::stream::{self, Delivered, EntryId, StreamEntry};
+use crate::window::{StudyKey, StudyWork, Window};
 use crate::{keys, series_builder};
 
 /// The connections and helpers a batch needs.
@@ -53,6 +54,19 @@ pub struct BatchReport {
     pub queried_database: bool,
 }
 
+impl AddAssign for BatchReport {
+    fn add_assign(&mut self, other: Self) {
+        self.entries += other.entries;
+        self.acked += other.acked;
+        self.dead_lettered += other.dead_lettered;
+        self.studies_filled += other.studies_filled;
+        self.studies_stale += other.studies_stale;
+        self.studies_removed += other.studies_removed;
+        self.studies_waiting += other.studies_waiting;
+        self.queried_database |= other.queried_database;
+    }
+}
+
 /// An infrastructure fault: the batch is left pending and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -75,13 +89,6 @@ impl BatchError {
             Self::Database(_) => Service::Database,
         }
     }
-}
-
-/// The entries of one study in this batch, and what the last of them asks for.
-struct StudyWork<'a> {
-    last_kind: EventKind,
-    entries: Vec<&'a StreamEntry>,
-    series: BTreeSet<Uid>,
 }
 
 /// Redis error codes that mean "not now" rather than "never": the batch is retried.
@@ -113,19 +120,57 @@ fn is_refused_write(error: &BatchError) -> bool {
     })
 }
 
-/// Processes one batch; entries are acknowledged only once every write they caused has
-/// succeeded, and an infrastructure error leaves all of them pending.
+/// Studies filled per round: one query, one write round trip and one XACK.
+const STUDIES_PER_ROUND: usize = 500;
+
+/// Processes a window: dead-letters its bad entries, then fills its studies round after
+/// round. Entries are acknowledged only once every write they caused has succeeded; an
+/// infrastructure error leaves the rest pending, and processed studies leave the window,
+/// so a retry resumes where it stopped.
 ///
-/// When Redis refuses a write, the batch is split by study to find the study at fault;
+/// When Redis refuses a write, the round is split by study to find the study at fault;
 /// that study's entries go to the dead-letter stream with Redis' reason.
-pub async fn process_batch(
+pub async fn process_window(
     services: &Services,
     settings: &Settings,
-    entries: &[StreamEntry],
+    window: &mut Window,
+    report: &mut BatchReport,
+) -> Result<(), BatchError> {
+    if !window.bad().is_empty() {
+        let bad: Vec<DeadLetter> = window
+            .bad()
+            .iter()
+            .map(|bad| {
+                tracing::warn!(entry_id = %bad.entry.id, reason = %bad.reason, "bad entry: dead-lettered");
+                DeadLetter {
+                    entry: &bad.entry,
+                    reason: bad.reason.to_string(),
+                    kind: bad.reason.kind(),
+                }
+            })
+            .collect();
+        *report += dead_letter(services, settings, &bad).await?;
+        window.bad_done();
+    }
+    loop {
+        let round = window.front(STUDIES_PER_ROUND);
+        if round.is_empty() {
+            return Ok(());
+        }
+        let studies = round.len();
+        *report += process_round(services, settings, &round).await?;
+        window.done(studies);
+    }
+}
+
+async fn process_round(
+    services: &Services,
+    settings: &Settings,
+    studies: &[(&StudyKey, &StudyWork)],
 ) -> Result<BatchReport, BatchError> {
-    match process_once(services, settings, entries).await {
+    match fill_round(services, settings, studies).await {
         Err(error) if is_refused_write(&error) => {
-            Box::pin(isolate(services, settings, entries, error)).await
+            Box::pin(isolate(services, settings, studies, error)).await
         }
         done => done,
     }
@@ -134,109 +179,97 @@ pub async fn process_batch(
 async fn isolate(
     services: &Services,
     settings: &Settings,
-    entries: &[StreamEntry],
+    studies: &[(&StudyKey, &StudyWork)],
     error: BatchError,
 ) -> Result<BatchReport, BatchError> {
-    let mut by_study: BTreeMap<Option<(TenantId, Uid)>, Vec<StreamEntry>> = BTreeMap::new();
-    for entry in entries {
-        let study = event::parse(&entry.fields)
-            .ok()
-            .map(|e| (e.tenant, e.study));
-        by_study.entry(study).or_default().push(entry.clone());
-    }
-    if by_study.len() == 1 {
-        let reason = format!("redis refused the study's writes: {error}");
-        tracing::error!(entries = entries.len(), %reason, "dead-lettering the entries of one study");
-        let mut pipe = redis::pipe();
-        for entry in entries {
-            stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
-            metrics::dead_lettered("redis_refused");
+    let [((tenant, study_uid), work)] = studies else {
+        let mut report = BatchReport::default();
+        for study in studies {
+            report += process_round(services, settings, std::slice::from_ref(study)).await?;
         }
-        let mut con = services.redis.get().await?;
-        // A dead-letter stream that refuses entries is a configuration fault: retried.
-        pipe.query_async::<()>(&mut *con).await?;
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let acked = stream::ack(&mut *con, &settings.stream, &ids).await?;
-        return Ok(BatchReport {
-            entries: entries.len(),
-            acked,
-            dead_lettered: entries.len(),
-            ..BatchReport::default()
-        });
-    }
-    let mut report = BatchReport {
-        entries: entries.len(),
-        ..BatchReport::default()
+        return Ok(report);
     };
-    for study_entries in by_study.values() {
-        let part = process_batch(services, settings, study_entries).await?;
-        report.acked += part.acked;
-        report.dead_lettered += part.dead_lettered;
-        report.studies_filled += part.studies_filled;
-        report.studies_stale += part.studies_stale;
-        report.studies_removed += part.studies_removed;
-        report.studies_waiting += part.studies_waiting;
-        report.queried_database |= part.queried_database;
-    }
-    Ok(report)
+    let reason = format!("redis refused the study's writes: {error}");
+    tracing::error!(entries = work.entries.len(), %tenant, study_uid = %study_uid, %reason,
+        "dead-lettering the entries of one study");
+    let mut con = services.redis.get().await?;
+    let entries = stream::read_by_id(&mut *con, &settings.stream, &work.entries).await?;
+    drop(con);
+    let dead: Vec<DeadLetter> = entries
+        .iter()
+        .map(|entry| DeadLetter {
+            entry,
+            reason: reason.clone(),
+            kind: "redis_refused",
+        })
+        .collect();
+    dead_letter(services, settings, &dead).await
 }
 
-async fn process_once(
+/// An entry on its way to the dead-letter stream.
+struct DeadLetter<'a> {
+    entry: &'a StreamEntry,
+    reason: String,
+    /// The metric label.
+    kind: &'static str,
+}
+
+/// Adds the entries to the dead-letter stream in one round trip, then acknowledges them.
+async fn dead_letter(
     services: &Services,
     settings: &Settings,
-    entries: &[StreamEntry],
+    dead: &[DeadLetter<'_>],
+) -> Result<BatchReport, BatchError> {
+    let mut pipe = redis::pipe();
+    for letter in dead {
+        stream::add_dead_letter(&mut pipe, &settings.stream, letter.entry, &letter.reason);
+        metrics::dead_lettered(letter.kind);
+    }
+    let mut con = services.redis.get().await?;
+    // A dead-letter stream that refuses entries is a configuration fault: retried.
+    pipe.query_async::<()>(&mut *con).await?;
+    metrics::round_trip(RoundTrip::Write);
+    let ids: Vec<EntryId> = dead.iter().map(|letter| letter.entry.id).collect();
+    let acked = stream::ack(&mut *con, &settings.stream, &ids).await?;
+    metrics::round_trip(RoundTrip::Ack);
+    Ok(BatchReport {
+        entries: dead.len(),
+        acked,
+        dead_lettered: dead.len(),
+        ..BatchReport::default()
+    })
+}
+
+/// One round: reads the studies in one query, writes them in one round trip, then
+/// acknowledges their entries in one XACK.
+async fn fill_round(
+    services: &Services,
+    settings: &Settings,
+    studies: &[(&StudyKey, &StudyWork)],
 ) -> Result<BatchReport, BatchError> {
     let started = Instant::now();
     let mut report = BatchReport {
-        entries: entries.len(),
+        entries: studies.iter().map(|(_, work)| work.entries.len()).sum(),
+        queried_database: true,
         ..BatchReport::default()
     };
     let mut pipe = redis::pipe();
-    let mut ack_ids: Vec<&str> = Vec::with_capacity(entries.len());
-
-    // Coalesce by study; in stream order, so the last event of a study decides.
-    let mut studies: BTreeMap<(TenantId, Uid), StudyWork> = BTreeMap::new();
-    for entry in entries {
-        match event::parse(&entry.fields) {
-            Ok(event) => {
-                let work = studies
-                    .entry((event.tenant, event.study))
-                    .or_insert_with(|| StudyWork {
-                        last_kind: event.kind,
-                        entries: Vec::new(),
-                        series: BTreeSet::new(),
-                    });
-                work.last_kind = event.kind;
-                work.entries.push(entry);
-                if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
-                    work.series.insert(series);
-                }
-            }
-            Err(reason) => {
-                tracing::warn!(entry_id = %entry.id, %reason, "bad entry: dead-lettered");
-                stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason.to_string());
-                metrics::dead_lettered(reason.kind());
-                ack_ids.push(&entry.id);
-                report.dead_lettered += 1;
-            }
-        }
-    }
 
     // Every study is read, deleted ones included: the database decides.
     let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
         .iter()
         .map(|((tenant, study), work)| (tenant, study, work.last_kind))
         .collect();
-    report.queried_database = !requests.is_empty();
     let plans = refresh::plan(&services.db, settings, &mut pipe, &requests, None).await?;
 
-    let mut written_ids: Vec<&str> = Vec::new();
+    let mut ack_ids: Vec<EntryId> = Vec::with_capacity(report.entries);
+    let mut exhausted: Vec<Delivered> = Vec::new();
     let mut filled_studies = Vec::new();
     let mut removed_studies = Vec::new();
     for (((tenant, study_uid), work), plan) in studies.iter().zip(&plans) {
         match plan {
             Plan::Fill => {
-                written_ids.extend(work.entries.iter().map(|e| e.id.as_str()));
+                ack_ids.extend(work.entries.iter().map(|entry| entry.id));
                 filled_studies.push((tenant.clone(), study_uid.clone()));
                 // Durably scheduled in the same round trip, before the entries are acked.
                 if let Some(schedule) = &services.schedule {
@@ -253,26 +286,18 @@ async fn process_once(
                 }
             }
             Plan::Remove => {
-                written_ids.extend(work.entries.iter().map(|e| e.id.as_str()));
+                ack_ids.extend(work.entries.iter().map(|entry| entry.id));
                 removed_studies.push((tenant, study_uid));
             }
             Plan::Missing => {
                 report.studies_waiting += 1;
                 // Its entries stay pending and are claimed again after claim_idle_ms;
                 // those delivered max_deliveries times have had their chances.
-                for entry in &work.entries {
-                    if entry.deliveries >= settings.stream.max_deliveries {
-                        let reason = format!(
-                            "study not in the database after {} deliveries",
-                            entry.deliveries
-                        );
-                        tracing::warn!(entry_id = %entry.id, %tenant, study_uid = %study_uid, %reason, "dead-lettered");
-                        stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
-                        metrics::dead_lettered("study_not_found");
-                        ack_ids.push(&entry.id);
-                        report.dead_lettered += 1;
-                    }
-                }
+                exhausted.extend(
+                    work.entries
+                        .iter()
+                        .filter(|entry| entry.deliveries >= settings.stream.max_deliveries),
+                );
                 tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
                     "study not in the database yet: entries stay pending");
             }
@@ -287,11 +312,23 @@ async fn process_once(
 
     let mut con = services.redis.get().await?;
     metrics::round_trip(RoundTrip::PoolCheck);
+    if !exhausted.is_empty() {
+        for entry in stream::read_by_id(&mut *con, &settings.stream, &exhausted).await? {
+            let reason = format!(
+                "study not in the database after {} deliveries",
+                entry.deliveries
+            );
+            tracing::warn!(entry_id = %entry.id, %reason, "dead-lettered");
+            stream::add_dead_letter(&mut pipe, &settings.stream, &entry, &reason);
+            metrics::dead_lettered("study_not_found");
+            ack_ids.push(entry.id);
+            report.dead_lettered += 1;
+        }
+    }
     let written = refresh::send(&mut *con, &pipe, &plans).await?;
     report.studies_filled = written.filled;
     report.studies_removed = written.removed;
     report.studies_stale = written.stale;
-    ack_ids.extend(written_ids);
     services.rechecks.schedule(filled_studies);
     report.acked = stream::ack(&mut *con, &settings.stream, &ack_ids).await?;
     metrics::round_trip(RoundTrip::Ack);
@@ -304,8 +341,7 @@ async fn process_once(
             "XACK acknowledged fewer entries than sent"
         );
     }
-    metrics::batch_done(&report, started.elapsed());
-    tracing::info!(
+    tracing::debug!(
         entries = report.entries,
         studies_filled = report.studies_filled,
         studies_stale = report.studies_stale,
@@ -313,7 +349,7 @@ async fn process_once(
         studies_waiting = report.studies_waiting,
         dead_lettered = report.dead_lettered,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "batch done"
+        "round done"
     );
     Ok(report)
 }

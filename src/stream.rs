@@ -1,16 +1,62 @@
 //! The consumer group: ensure it, read new entries, acknowledge, dead-letter.
 
+use std::fmt;
+use std::str::FromStr;
+
 use redis::aio::ConnectionLike;
-use redis::{Pipeline, RedisError, RedisResult, Value};
+use redis::{Pipeline, RedisError, RedisResult, RedisWrite, ToRedisArgs, ToSingleRedisArg, Value};
 
 use crate::config::StreamSettings;
 use crate::event::Field;
+
+/// A stream entry id (`<milliseconds>-<sequence>`) as its two numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    millis: u64,
+    sequence: u64,
+}
+
+impl FromStr for EntryId {
+    type Err = ();
+
+    fn from_str(id: &str) -> Result<Self, ()> {
+        let (millis, sequence) = id.split_once('-').ok_or(())?;
+        Ok(Self {
+            millis: millis.parse().map_err(|_| ())?,
+            sequence: sequence.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.millis, self.sequence)
+    }
+}
+
+impl ToRedisArgs for EntryId {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
+    }
+}
+
+impl ToSingleRedisArg for EntryId {}
+
+/// An entry of a study, by id: its fields are read back in the rare case it must be
+/// dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The entry id.
+    pub id: EntryId,
+    /// How many times the group has delivered it, this delivery included.
+    pub deliveries: u64,
+}
 
 /// One stream entry as read: its id and its raw fields, bytes kept as they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     /// The entry id, such as `1700000000000-0`.
-    pub id: String,
+    pub id: EntryId,
     /// Field names and values in stream order; empty for an entry deleted from the stream.
     pub fields: Vec<Field>,
     /// How many times the group has delivered it, this delivery included.
@@ -44,19 +90,23 @@ pub fn is_missing_group(error: &RedisError) -> bool {
     error.code() == Some("NOGROUP")
 }
 
-/// Reads up to `batch_size` entries never delivered to this group, waiting up to `block_ms`.
+/// Reads up to `batch_size` entries never delivered to this group; with `wait`, waits up
+/// to `block_ms` for the first, else returns at once.
 pub async fn read_new<C: ConnectionLike>(
     con: &mut C,
     settings: &StreamSettings,
+    wait: bool,
 ) -> RedisResult<Vec<StreamEntry>> {
-    let reply: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
         .arg(&settings.group)
         .arg(&settings.consumer)
         .arg("COUNT")
-        .arg(settings.batch_size)
-        .arg("BLOCK")
-        .arg(settings.block_ms)
+        .arg(settings.batch_size);
+    if wait {
+        cmd.arg("BLOCK").arg(settings.block_ms);
+    }
+    let reply: Value = cmd
         .arg("STREAMS")
         .arg(&settings.key)
         .arg(">")
@@ -100,8 +150,8 @@ pub async fn claim_idle<C: ConnectionLike>(
         let counts: Value = redis::cmd("XPENDING")
             .arg(&settings.key)
             .arg(&settings.group)
-            .arg(&first.id)
-            .arg(&last.id)
+            .arg(first.id)
+            .arg(last.id)
             .arg(claimed.entries.len())
             .arg(&settings.consumer)
             .query_async(con)
@@ -156,7 +206,7 @@ return deleted
 pub async fn ack<C: ConnectionLike>(
     con: &mut C,
     settings: &StreamSettings,
-    ids: &[&str],
+    ids: &[EntryId],
 ) -> RedisResult<usize> {
     if ids.is_empty() {
         return Ok(0);
@@ -205,6 +255,38 @@ pub async fn backlog<C: ConnectionLike>(
         }))
 }
 
+/// Reads entries back by id, in one round trip, to dead-letter them whole; an entry no
+/// longer in the stream comes back without fields.
+pub async fn read_by_id<C: ConnectionLike>(
+    con: &mut C,
+    settings: &StreamSettings,
+    entries: &[Delivered],
+) -> RedisResult<Vec<StreamEntry>> {
+    let mut pipe = redis::pipe();
+    for entry in entries {
+        pipe.cmd("XRANGE")
+            .arg(&settings.key)
+            .arg(entry.id)
+            .arg(entry.id);
+    }
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    entries
+        .iter()
+        .zip(replies)
+        .map(|(&Delivered { id, deliveries }, reply)| {
+            let fields = parse_entries(reply)?
+                .pop()
+                .map(|entry| entry.fields)
+                .unwrap_or_default();
+            Ok(StreamEntry {
+                id,
+                fields,
+                deliveries,
+            })
+        })
+        .collect()
+}
+
 /// Adds to `pipe` the copy of a bad entry to the dead-letter stream, with its reason.
 pub fn add_dead_letter(
     pipe: &mut Pipeline,
@@ -219,7 +301,7 @@ pub fn add_dead_letter(
     cmd.arg("dead_reason")
         .arg(reason)
         .arg("dead_source_id")
-        .arg(&entry.id)
+        .arg(entry.id)
         .arg("dead_deliveries")
         .arg(entry.deliveries)
         .arg("dead_consumer")
@@ -279,7 +361,7 @@ fn parse_autoclaim_reply(reply: Value) -> RedisResult<Claimed> {
 }
 
 /// Parses an extended XPENDING reply into delivery counts by entry id.
-fn parse_pending_counts(reply: Value) -> RedisResult<std::collections::HashMap<String, u64>> {
+fn parse_pending_counts(reply: Value) -> RedisResult<std::collections::HashMap<EntryId, u64>> {
     let Value::Array(items) = reply else {
         return Err(protocol_error("XPENDING reply is not an array"));
     };
@@ -292,7 +374,7 @@ fn parse_pending_counts(reply: Value) -> RedisResult<std::collections::HashMap<S
                     _ => return Err(protocol_error("delivery count is not an integer")),
                 };
                 fields.truncate(1);
-                Ok((text(fields.pop().unwrap_or(Value::Nil))?, deliveries))
+                Ok((entry_id(fields.pop().unwrap_or(Value::Nil))?, deliveries))
             }
             _ => Err(protocol_error(
                 "XPENDING item is not [id, consumer, idle, count]",
@@ -318,7 +400,7 @@ fn parse_entries(value: Value) -> RedisResult<Vec<StreamEntry>> {
             let fields = pair.pop().unwrap_or(Value::Nil);
             let id = pair.pop().unwrap_or(Value::Nil);
             Ok(StreamEntry {
-                id: text(id)?,
+                id: entry_id(id)?,
                 fields: parse_fields(fields)?,
                 deliveries: 1,
             })
@@ -355,12 +437,40 @@ fn text(value: Value) -> RedisResult<String> {
     String::from_utf8(bytes(value)?).map_err(|_| protocol_error("entry id is not UTF-8"))
 }
 
+fn entry_id(value: Value) -> RedisResult<EntryId> {
+    text(value)?
+        .parse()
+        .map_err(|()| protocol_error("entry id is not <milliseconds>-<sequence>"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn bulk(s: &[u8]) -> Value {
         Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn entry_ids_round_trip_and_order_numerically() {
+        let early: EntryId = "999-5".parse().expect("entry id");
+        let late: EntryId = "1000-0".parse().expect("entry id");
+        assert!(early < late);
+        assert_eq!(late.to_string(), "1000-0");
+        assert_eq!(redis::cmd("XACK").arg(late).get_packed_command(), {
+            redis::cmd("XACK").arg("1000-0").get_packed_command()
+        });
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "18446744073709551616-0",
+        ] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -380,12 +490,12 @@ mod tests {
             entries,
             [
                 StreamEntry {
-                    id: "1-0".into(),
+                    id: "1-0".parse().expect("entry id"),
                     fields: vec![(b"tenant_id".to_vec(), vec![0xff, 0x00])],
                     deliveries: 1,
                 },
                 StreamEntry {
-                    id: "2-0".into(),
+                    id: "2-0".parse().expect("entry id"),
                     fields: vec![],
                     deliveries: 1,
                 },
@@ -407,7 +517,7 @@ mod tests {
         assert_eq!(claimed.next_cursor, "0-0");
         assert_eq!(claimed.deleted, 2);
         assert_eq!(claimed.entries.len(), 1);
-        assert_eq!(claimed.entries[0].id, "5-0");
+        assert_eq!(claimed.entries[0].id.to_string(), "5-0");
     }
 
     #[test]
@@ -419,7 +529,7 @@ mod tests {
             Value::Int(3),
         ])]);
         let counts = parse_pending_counts(reply).expect("parses");
-        assert_eq!(counts.get("5-0"), Some(&3));
+        assert_eq!(counts.get(&"5-0".parse().expect("entry id")), Some(&3));
     }
 
     #[test]

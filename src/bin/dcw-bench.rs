@@ -1039,7 +1039,7 @@ async fn reference_worker(
 ) -> anyhow::Result<()> {
     let mut con = redis.get().await?;
     loop {
-        let entries = stream::read_new(&mut *con, stream).await?;
+        let entries = stream::read_new(&mut *con, stream, true).await?;
         counts.round_trips.fetch_add(1, Ordering::Relaxed);
         if entries.is_empty() {
             return Ok(());
@@ -1070,7 +1070,7 @@ async fn reference_worker(
                     counts.fills.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            stream::ack(&mut *con, stream, &[entry.id.as_str()]).await?;
+            stream::ack(&mut *con, stream, &[entry.id]).await?;
             counts.round_trips.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -37,9 +37,13 @@ fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
     })
 }
 
-/// Small batches, so that a fault finds work in hand.
-fn small_batches() -> (&'static str, String) {
-    ("DCW__STREAM__BATCH_SIZE", "20".into())
+/// Small batches, read one at a time (no coalescing over reads), so that a fault finds
+/// work in hand.
+fn small_batches(entries: usize) -> [(&'static str, String); 2] {
+    [
+        ("DCW__STREAM__BATCH_SIZE", entries.to_string()),
+        ("DCW__STREAM__COALESCE_ENTRIES", entries.to_string()),
+    ]
 }
 
 /// The end state of a chaos test and how it got there.
@@ -129,14 +133,14 @@ async fn killing_a_daemon_mid_batch_loses_nothing() {
         stream.key.clone(),
     );
 
-    let first = Replica::start(&env, &[small_batches()]).await;
+    let first = Replica::start(&env, &small_batches(20)).await;
     let dead_consumer = first.consumer.clone();
     let (orphaned, first) = kill_holding_entries(first, &env.redis, stream).await;
     let killed = Instant::now();
     assert!(!load.is_finished(), "the daemon was killed under load");
     assert!(orphaned > 0, "the killed daemon left a batch pending");
 
-    let second = Replica::start(&env, &[small_batches()]).await;
+    let second = Replica::start(&env, &small_batches(20)).await;
     assert_ne!(
         second.consumer, dead_consumer,
         "a new process, a new consumer"
@@ -192,7 +196,7 @@ async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
     let stream = &env.settings.stream;
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
-        replicas.push(Replica::start(&env, &[small_batches()]).await);
+        replicas.push(Replica::start(&env, &small_batches(20)).await);
     }
     let load = IngestLoad {
         chunk: 50,
@@ -218,7 +222,7 @@ async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
         kills_under_load += usize::from(!load.is_finished());
         orphaned.push(held);
         figures.push(killed);
-        let restarted = Replica::start(&env, &[small_batches()]).await;
+        let restarted = Replica::start(&env, &small_batches(20)).await;
         wait_for("the restarted replica to join the group", || async {
             env.consumers().await.contains(&restarted.consumer)
         })
@@ -289,14 +293,9 @@ async fn a_redis_restart_mid_drain_loses_nothing() {
         .expect("publish");
     let published = dataset.events.len();
 
-    let mut replica = Replica::start(
-        &env,
-        &[
-            ("DCW__REDIS__URL", redis.url()),
-            ("DCW__STREAM__BATCH_SIZE", "10".into()),
-        ],
-    )
-    .await;
+    let mut vars = vec![("DCW__REDIS__URL", redis.url())];
+    vars.extend(small_batches(10));
+    let mut replica = Replica::start(&env, &vars).await;
     wait_for(
         "the daemon to have acknowledged a few hundred entries",
         || {
@@ -364,18 +363,15 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
     let dataset = dataset(&env, 40, 14);
     let stream = &env.settings.stream;
     let http_port = endpoint::free_port();
-    let mut replica = Replica::start(
-        &env,
-        &[
-            (
-                "DCW__DATABASE__URL",
-                database_url_via(&env.settings, proxy.port),
-            ),
-            small_batches(),
-            ("DCW__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
-        ],
-    )
-    .await;
+    let mut vars = vec![
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, proxy.port),
+        ),
+        ("DCW__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+    ];
+    vars.extend(small_batches(20));
+    let mut replica = Replica::start(&env, &vars).await;
     let readiness = || async {
         endpoint::get(http_port, "/readyz")
             .await

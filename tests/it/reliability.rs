@@ -35,7 +35,7 @@ async fn entries_left_by_a_crashed_consumer_are_reclaimed_and_the_consumer_delet
     ghost.consumer = format!("{}-ghost", ghost.consumer);
     ghost.batch_size = 10_000;
     stream::ensure_group(&mut con, &ghost).await.expect("group");
-    let taken = stream::read_new(&mut con, &ghost)
+    let taken = stream::read_new(&mut con, &ghost, true)
         .await
         .expect("ghost reads");
     assert_eq!(taken.len(), dataset.events.len());

@@ -32,8 +32,10 @@ async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending
     let grace_secs = 5;
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
         .envs(env.daemon_env())
-        // Small batches, so that the stream is still being drained when the signal comes.
+        // Small batches, read one at a time, so that the stream is still being drained
+        // when the signal comes.
         .env("DCW__STREAM__BATCH_SIZE", "10")
+        .env("DCW__STREAM__COALESCE_ENTRIES", "10")
         .env("DCW__SHUTDOWN__GRACE_SECS", grace_secs.to_string())
         .env("DCW__LOG__LEVEL", "warn")
         .stdout(Stdio::null())

@@ -1,0 +1,161 @@
+//! Entries gathered from one or more reads, coalesced by study and kept small: a study's
+//! entries are remembered by their ids only, so a window of many thousand entries costs
+//! little more memory than its studies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::event::{self, EventError, EventKind};
+use crate::ids::{TenantId, Uid};
+use crate::stream::{Delivered, StreamEntry};
+
+/// A study, by tenant and Study Instance UID.
+pub type StudyKey = (TenantId, Uid);
+
+/// The entries of one study in the window, and what the last of them asks for.
+#[derive(Debug)]
+pub struct StudyWork {
+    /// The kind of the study's last event in stream order.
+    pub last_kind: EventKind,
+    /// Every entry of the study.
+    pub entries: Vec<Delivered>,
+    /// The series named by its `stored` events.
+    pub series: BTreeSet<Uid>,
+}
+
+/// An entry that is not a valid event, with the reason it is dead-lettered.
+#[derive(Debug)]
+pub struct BadEntry {
+    /// The entry as read.
+    pub entry: StreamEntry,
+    /// What is wrong with it.
+    pub reason: EventError,
+}
+
+/// Entries coalesced by study, in stream order.
+#[derive(Debug, Default)]
+pub struct Window {
+    studies: BTreeMap<StudyKey, StudyWork>,
+    bad: Vec<BadEntry>,
+    entries: usize,
+}
+
+impl Window {
+    /// Parses `entry` and adds it to its study (or to the bad entries). Entries must come
+    /// in stream order: a study's last event decides between filling and removing.
+    pub fn add(&mut self, entry: StreamEntry) {
+        self.entries += 1;
+        let event = match event::parse(&entry.fields) {
+            Ok(event) => event,
+            Err(reason) => {
+                self.bad.push(BadEntry { entry, reason });
+                return;
+            }
+        };
+        let work = self
+            .studies
+            .entry((event.tenant, event.study))
+            .or_insert_with(|| StudyWork {
+                last_kind: event.kind,
+                entries: Vec::new(),
+                series: BTreeSet::new(),
+            });
+        work.last_kind = event.kind;
+        work.entries.push(Delivered {
+            id: entry.id,
+            deliveries: entry.deliveries,
+        });
+        if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
+            work.series.insert(series);
+        }
+    }
+
+    /// Entries added so far.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// True when nothing is left to process.
+    pub fn is_empty(&self) -> bool {
+        self.studies.is_empty() && self.bad.is_empty()
+    }
+
+    /// The entries that are not valid events.
+    pub fn bad(&self) -> &[BadEntry] {
+        &self.bad
+    }
+
+    /// Forgets the bad entries, once dead-lettered.
+    pub fn bad_done(&mut self) {
+        self.bad.clear();
+    }
+
+    /// Up to `count` studies from the front, to process before [`Window::done`].
+    pub fn front(&self, count: usize) -> Vec<(&StudyKey, &StudyWork)> {
+        self.studies.iter().take(count).collect()
+    }
+
+    /// Forgets the first `count` studies, once processed.
+    pub fn done(&mut self, count: usize) {
+        for _ in 0..count {
+            self.studies.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)], deliveries: u64) -> StreamEntry {
+        StreamEntry {
+            id: id.parse().expect("entry id"),
+            fields: fields
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            deliveries,
+        }
+    }
+
+    fn stored(id: &str, study: &str, series: &str) -> StreamEntry {
+        let fields = [
+            ("tenant_id", "t1"),
+            ("study_uid", study),
+            ("series_uid", series),
+            ("event", "stored"),
+        ];
+        entry(id, &fields, 1)
+    }
+
+    #[test]
+    fn coalesces_by_study_keeping_ids_series_and_the_last_kind() {
+        let mut window = Window::default();
+        window.add(stored("1-0", "1.2", "1.2.1"));
+        window.add(stored("1-1", "1.3", "1.3.1"));
+        window.add(stored("2-0", "1.2", "1.2.2"));
+        let deleted = [
+            ("tenant_id", "t1"),
+            ("study_uid", "1.3"),
+            ("event", "deleted"),
+        ];
+        window.add(entry("3-0", &deleted, 3));
+        window.add(entry("4-0", &[("study_uid", "1.2")], 1));
+        assert_eq!(window.len(), 5);
+        assert_eq!(window.bad().len(), 1);
+        let front = window.front(10);
+        assert_eq!(front.len(), 2);
+        let (key, work) = front[0];
+        assert_eq!((key.0.as_str(), key.1.as_str()), ("t1", "1.2"));
+        assert_eq!(work.last_kind, EventKind::Stored);
+        let ids: Vec<String> = work.entries.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["1-0", "2-0"]);
+        assert_eq!(work.series.len(), 2);
+        assert_eq!(front[1].1.last_kind, EventKind::Deleted);
+        assert_eq!(front[1].1.entries[1].deliveries, 3);
+        window.done(1);
+        assert_eq!(window.front(10).len(), 1);
+        window.done(1);
+        window.bad_done();
+        assert!(window.is_empty());
+    }
+}
