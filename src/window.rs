@@ -2,7 +2,10 @@
 //! entries are remembered by their ids only, so a window of many thousand entries costs
 //! little more memory than its studies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use foldhash::fast::RandomState;
+use indexmap::IndexMap;
 
 use crate::event::{self, EventError, EventKind};
 use crate::ids::{TenantId, Uid};
@@ -31,10 +34,10 @@ pub struct BadEntry {
     pub reason: EventError,
 }
 
-/// Entries coalesced by study, in stream order.
+/// Entries coalesced by study; studies in the order of their first entry.
 #[derive(Debug, Default)]
 pub struct Window {
-    studies: BTreeMap<StudyKey, StudyWork>,
+    studies: IndexMap<StudyKey, StudyWork, RandomState>,
     bad: Vec<BadEntry>,
     entries: usize,
 }
@@ -96,9 +99,7 @@ impl Window {
 
     /// Forgets the first `count` studies, once processed.
     pub fn done(&mut self, count: usize) {
-        for _ in 0..count {
-            self.studies.pop_first();
-        }
+        self.studies.drain(..count);
     }
 }
 
