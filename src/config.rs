@@ -149,7 +149,7 @@ impl Default for StreamSettings {
             claim_idle_ms: 60_000,
             max_deliveries: 5,
             batch_size: 1_000,
-            coalesce_entries: 50_000,
+            coalesce_entries: 1_000_000,
             block_ms: 1_000,
             stale_consumer_ms: 600_000,
         }
@@ -602,9 +602,9 @@ impl Settings {
             "must be between 1 and 10000",
         );
         check(
-            (self.stream.batch_size..=1_000_000).contains(&self.stream.coalesce_entries),
+            (self.stream.batch_size..=10_000_000).contains(&self.stream.coalesce_entries),
             "stream.coalesce_entries",
-            "must be between stream.batch_size and 1000000",
+            "must be between stream.batch_size and 10000000",
         );
         check(
             (1..=60_000).contains(&self.stream.block_ms),

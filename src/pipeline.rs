@@ -17,7 +17,7 @@ use crate::recheck::Rechecks;
 use crate::refresh::{self, Plan};
 use crate::schedule::{Schedule, SeriesRef};
 use crate::stream::{self, Delivered, EntryId, StreamEntry};
-use crate::window::{StudyKey, StudyWork, Window};
+use crate::window::{Study, Window};
 use crate::{keys, series_builder};
 
 /// The connections and helpers a batch needs.
@@ -121,7 +121,7 @@ fn is_refused_write(error: &BatchError) -> bool {
 }
 
 /// Studies filled per round: one query, one write round trip and one XACK.
-const STUDIES_PER_ROUND: usize = 500;
+const STUDIES_PER_ROUND: usize = 100;
 
 /// Processes a window: dead-letters its bad entries, then fills its studies round after
 /// round. Entries are acknowledged only once every write they caused has succeeded; an
@@ -159,6 +159,7 @@ pub async fn process_window(
         }
         let studies = round.len();
         *report += process_round(services, settings, &round).await?;
+        drop(round);
         window.done(studies);
     }
 }
@@ -166,7 +167,7 @@ pub async fn process_window(
 async fn process_round(
     services: &Services,
     settings: &Settings,
-    studies: &[(&StudyKey, &StudyWork)],
+    studies: &[Study<'_>],
 ) -> Result<BatchReport, BatchError> {
     match fill_round(services, settings, studies).await {
         Err(error) if is_refused_write(&error) => {
@@ -179,10 +180,10 @@ async fn process_round(
 async fn isolate(
     services: &Services,
     settings: &Settings,
-    studies: &[(&StudyKey, &StudyWork)],
+    studies: &[Study<'_>],
     error: BatchError,
 ) -> Result<BatchReport, BatchError> {
-    let [((tenant, study_uid), work)] = studies else {
+    let [study] = studies else {
         let mut report = BatchReport::default();
         for study in studies {
             report += process_round(services, settings, std::slice::from_ref(study)).await?;
@@ -190,10 +191,11 @@ async fn isolate(
         return Ok(report);
     };
     let reason = format!("redis refused the study's writes: {error}");
-    tracing::error!(entries = work.entries.len(), %tenant, study_uid = %study_uid, %reason,
+    let (tenant, study_uid) = study.key;
+    tracing::error!(entries = study.entries.len(), %tenant, study_uid = %study_uid, %reason,
         "dead-lettering the entries of one study");
     let mut con = services.redis.get().await?;
-    let entries = stream::read_by_id(&mut *con, &settings.stream, &work.entries).await?;
+    let entries = stream::read_by_id(&mut *con, &settings.stream, &study.entries).await?;
     drop(con);
     let dead: Vec<DeadLetter> = entries
         .iter()
@@ -245,11 +247,11 @@ async fn dead_letter(
 async fn fill_round(
     services: &Services,
     settings: &Settings,
-    studies: &[(&StudyKey, &StudyWork)],
+    studies: &[Study<'_>],
 ) -> Result<BatchReport, BatchError> {
     let started = Instant::now();
     let mut report = BatchReport {
-        entries: studies.iter().map(|(_, work)| work.entries.len()).sum(),
+        entries: studies.iter().map(|study| study.entries.len()).sum(),
         queried_database: true,
         ..BatchReport::default()
     };
@@ -258,7 +260,7 @@ async fn fill_round(
     // Every study is read, deleted ones included: the database decides.
     let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
         .iter()
-        .map(|((tenant, study), work)| (tenant, study, work.last_kind))
+        .map(|study| (&study.key.0, &study.key.1, study.last_kind))
         .collect();
     let plans = refresh::plan(&services.db, settings, &mut pipe, &requests, None).await?;
 
@@ -266,14 +268,15 @@ async fn fill_round(
     let mut exhausted: Vec<Delivered> = Vec::new();
     let mut filled_studies = Vec::new();
     let mut removed_studies = Vec::new();
-    for (((tenant, study_uid), work), plan) in studies.iter().zip(&plans) {
+    for (work, plan) in studies.iter().zip(&plans) {
+        let (tenant, study_uid) = work.key;
         match plan {
             Plan::Fill => {
                 ack_ids.extend(work.entries.iter().map(|entry| entry.id));
                 filled_studies.push((tenant.clone(), study_uid.clone()));
                 // Durably scheduled in the same round trip, before the entries are acked.
                 if let Some(schedule) = &services.schedule {
-                    for series in &work.series {
+                    for series in work.series {
                         schedule.add_pending(
                             &mut pipe,
                             &SeriesRef {

@@ -2,27 +2,41 @@
 //! entries are remembered by their ids only, so a window of many thousand entries costs
 //! little more memory than its studies.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use foldhash::fast::RandomState;
 use indexmap::IndexMap;
 
 use crate::event::{self, EventError, EventKind};
 use crate::ids::{TenantId, Uid};
-use crate::stream::{Delivered, StreamEntry};
+use crate::stream::{Delivered, EntryId, StreamEntry};
 
 /// A study, by tenant and Study Instance UID.
 pub type StudyKey = (TenantId, Uid);
 
-/// The entries of one study in the window, and what the last of them asks for.
+/// No entry: the end of a study's list.
+const NONE: u32 = u32::MAX;
+
+/// A study in the window: what its last event asks for, and its list of entries.
 #[derive(Debug)]
-pub struct StudyWork {
+struct StudyWork {
+    last_kind: EventKind,
+    series: BTreeSet<Uid>,
+    first: u32,
+    last: u32,
+}
+
+/// A study taken from the front of the window, with its entries.
+#[derive(Debug)]
+pub struct Study<'a> {
+    /// The tenant and the Study Instance UID.
+    pub key: &'a StudyKey,
     /// The kind of the study's last event in stream order.
     pub last_kind: EventKind,
-    /// Every entry of the study.
-    pub entries: Vec<Delivered>,
     /// The series named by its `stored` events.
-    pub series: BTreeSet<Uid>,
+    pub series: &'a BTreeSet<Uid>,
+    /// Every entry of the study, in stream order.
+    pub entries: Vec<Delivered>,
 }
 
 /// An entry that is not a valid event, with the reason it is dead-lettered.
@@ -35,9 +49,16 @@ pub struct BadEntry {
 }
 
 /// Entries coalesced by study; studies in the order of their first entry.
+///
+/// Entry ids sit in one flat list, each linked to its study's next entry (20 bytes an
+/// entry), so a window of a million entries stays a few tens of MiB.
 #[derive(Debug, Default)]
 pub struct Window {
     studies: IndexMap<StudyKey, StudyWork, RandomState>,
+    ids: Vec<EntryId>,
+    next: Vec<u32>,
+    /// Delivery counts other than 1 (entries claimed back), by index in `ids`.
+    redelivered: HashMap<u32, u64, RandomState>,
     bad: Vec<BadEntry>,
     entries: usize,
 }
@@ -54,19 +75,26 @@ impl Window {
                 return;
             }
         };
+        let index = u32::try_from(self.ids.len()).expect("a window holds fewer than 2^32 entries");
+        self.ids.push(entry.id);
+        self.next.push(NONE);
+        if entry.deliveries != 1 {
+            self.redelivered.insert(index, entry.deliveries);
+        }
         let work = self
             .studies
             .entry((event.tenant, event.study))
             .or_insert_with(|| StudyWork {
                 last_kind: event.kind,
-                entries: Vec::new(),
                 series: BTreeSet::new(),
+                first: index,
+                last: NONE,
             });
+        if work.last != NONE {
+            self.next[work.last as usize] = index;
+        }
+        work.last = index;
         work.last_kind = event.kind;
-        work.entries.push(Delivered {
-            id: entry.id,
-            deliveries: entry.deliveries,
-        });
         if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
             work.series.insert(series);
         }
@@ -93,8 +121,30 @@ impl Window {
     }
 
     /// Up to `count` studies from the front, to process before [`Window::done`].
-    pub fn front(&self, count: usize) -> Vec<(&StudyKey, &StudyWork)> {
-        self.studies.iter().take(count).collect()
+    pub fn front(&self, count: usize) -> Vec<Study<'_>> {
+        self.studies
+            .iter()
+            .take(count)
+            .map(|(key, work)| Study {
+                key,
+                last_kind: work.last_kind,
+                series: &work.series,
+                entries: self.entries_of(work),
+            })
+            .collect()
+    }
+
+    fn entries_of(&self, work: &StudyWork) -> Vec<Delivered> {
+        let mut entries = Vec::new();
+        let mut index = work.first;
+        while index != NONE {
+            entries.push(Delivered {
+                id: self.ids[index as usize],
+                deliveries: self.redelivered.get(&index).copied().unwrap_or(1),
+            });
+            index = self.next[index as usize];
+        }
+        entries
     }
 
     /// Forgets the first `count` studies, once processed.
@@ -145,14 +195,15 @@ mod tests {
         assert_eq!(window.bad().len(), 1);
         let front = window.front(10);
         assert_eq!(front.len(), 2);
-        let (key, work) = front[0];
-        assert_eq!((key.0.as_str(), key.1.as_str()), ("t1", "1.2"));
-        assert_eq!(work.last_kind, EventKind::Stored);
-        let ids: Vec<String> = work.entries.iter().map(|e| e.id.to_string()).collect();
+        let study = &front[0];
+        assert_eq!((study.key.0.as_str(), study.key.1.as_str()), ("t1", "1.2"));
+        assert_eq!(study.last_kind, EventKind::Stored);
+        let ids: Vec<String> = study.entries.iter().map(|e| e.id.to_string()).collect();
         assert_eq!(ids, ["1-0", "2-0"]);
-        assert_eq!(work.series.len(), 2);
-        assert_eq!(front[1].1.last_kind, EventKind::Deleted);
-        assert_eq!(front[1].1.entries[1].deliveries, 3);
+        assert_eq!(study.series.len(), 2);
+        assert_eq!(front[1].last_kind, EventKind::Deleted);
+        let deliveries: Vec<u64> = front[1].entries.iter().map(|e| e.deliveries).collect();
+        assert_eq!(deliveries, [1, 3]);
         window.done(1);
         assert_eq!(window.front(10).len(), 1);
         window.done(1);
