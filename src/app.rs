@@ -1,11 +1,13 @@
 //! The daemon: builds the connections, then reclaims idle entries and reads new ones,
 //! window after window, until cancelled.
 
+use std::panic;
 use std::sync::Arc;
 
 use anyhow::Context;
 use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +91,9 @@ pub async fn run(settings: Arc<Settings>, cancel: CancellationToken) -> anyhow::
             }
         }
         let mut window = Window::default();
-        let read = reader.gather(&settings, &health, &mut window).await;
+        let read = reader
+            .gather(&settings, &health, &cancel, &mut window)
+            .await;
         match &read {
             Ok(()) => {
                 health.up(Service::Redis);
@@ -231,34 +235,47 @@ struct Reader {
 }
 
 impl Reader {
-    /// Reads into `window` until a read comes back short (the stream is drained for now)
-    /// or the window holds `stream.coalesce_entries`; only the first read waits.
+    /// Reads into `window` until a read comes back short (the stream is drained for now),
+    /// the window holds `stream.coalesce_entries`, or the daemon is stopping; only the
+    /// first read waits. Each further read runs in Redis while the previous one's entries
+    /// are parsed here.
     async fn gather(
         &mut self,
         settings: &Settings,
         health: &Health,
+        cancel: &CancellationToken,
         window: &mut Window,
     ) -> RedisResult<()> {
-        let mut wait = true;
+        let mut read = self.read(settings, health).await;
         loop {
-            let entries = self.read(settings, health, wait).await?;
-            let full = entries.len() == settings.stream.batch_size;
+            let entries = read?;
+            let more = entries.len() == settings.stream.batch_size
+                && window.len() + entries.len() < settings.stream.coalesce_entries
+                && !cancel.is_cancelled();
+            let next = more.then(|| self.prefetch(settings));
+            if next.is_some() {
+                // Lets the read go out before the parsing below keeps this thread busy.
+                tokio::task::yield_now().await;
+            }
             for entry in entries {
                 window.add(entry);
             }
-            if !full || window.len() >= settings.stream.coalesce_entries {
+            let Some(next) = next else {
                 return Ok(());
-            }
-            wait = false;
+            };
+            let fetched = next
+                .await
+                .unwrap_or_else(|error| panic::resume_unwind(error.into_panic()));
+            read = self.record(fetched, health);
             health.beat();
         }
     }
 
+    /// A read that waits up to `stream.block_ms` for new entries.
     async fn read(
         &mut self,
         settings: &Settings,
         health: &Health,
-        wait: bool,
     ) -> RedisResult<Vec<StreamEntry>> {
         let con = match &mut self.con {
             Some(con) => con,
@@ -271,7 +288,22 @@ impl Reader {
                 self.con.insert(con)
             }
         };
-        let read = stream::read_new(con, &settings.stream, wait).await;
+        let read = stream::read_new(con, &settings.stream, true).await;
+        self.record(read, health)
+    }
+
+    /// Starts a read that does not wait, on the connection of the read before.
+    fn prefetch(&self, settings: &Settings) -> JoinHandle<RedisResult<Vec<StreamEntry>>> {
+        let mut con = self.con.clone().expect("connected by the read before");
+        let stream = settings.stream.clone();
+        tokio::spawn(async move { stream::read_new(&mut con, &stream, false).await })
+    }
+
+    fn record(
+        &mut self,
+        read: RedisResult<Vec<StreamEntry>>,
+        health: &Health,
+    ) -> RedisResult<Vec<StreamEntry>> {
         metrics::round_trip(RoundTrip::Read);
         match &read {
             Ok(entries) => metrics::entries_read(entries.len()),
