@@ -122,6 +122,8 @@ fn is_refused_write(error: &BatchError) -> bool {
 
 /// Studies filled per round: one query, one write round trip and one XACK.
 const STUDIES_PER_ROUND: usize = 100;
+/// Entries acknowledged per round, which bounds a round's memory when studies are large.
+const ENTRIES_PER_ROUND: usize = 20_000;
 
 /// Processes a window: dead-letters its bad entries, then fills its studies round after
 /// round. Entries are acknowledged only once every write they caused has succeeded; an
@@ -153,7 +155,7 @@ pub async fn process_window(
         window.bad_done();
     }
     loop {
-        let round = window.front(STUDIES_PER_ROUND);
+        let round = window.front(STUDIES_PER_ROUND, ENTRIES_PER_ROUND);
         if round.is_empty() {
             return Ok(());
         }

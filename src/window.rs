@@ -24,6 +24,7 @@ struct StudyWork {
     series: BTreeSet<Uid>,
     first: u32,
     last: u32,
+    count: usize,
 }
 
 /// A study taken from the front of the window, with its entries.
@@ -89,11 +90,13 @@ impl Window {
                 series: BTreeSet::new(),
                 first: index,
                 last: NONE,
+                count: 0,
             });
         if work.last != NONE {
             self.next[work.last as usize] = index;
         }
         work.last = index;
+        work.count += 1;
         work.last_kind = event.kind;
         if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
             work.series.insert(series);
@@ -120,11 +123,17 @@ impl Window {
         self.bad.clear();
     }
 
-    /// Up to `count` studies from the front, to process before [`Window::done`].
-    pub fn front(&self, count: usize) -> Vec<Study<'_>> {
+    /// Studies from the front, to process before [`Window::done`]: up to `studies` of
+    /// them, and no more than `entries` entries unless the first study alone has more.
+    pub fn front(&self, studies: usize, entries: usize) -> Vec<Study<'_>> {
+        let mut taken = 0;
         self.studies
             .iter()
-            .take(count)
+            .take(studies)
+            .take_while(|(_, work)| {
+                taken += work.count;
+                taken == work.count || taken <= entries
+            })
             .map(|(key, work)| Study {
                 key,
                 last_kind: work.last_kind,
@@ -135,7 +144,7 @@ impl Window {
     }
 
     fn entries_of(&self, work: &StudyWork) -> Vec<Delivered> {
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(work.count);
         let mut index = work.first;
         while index != NONE {
             entries.push(Delivered {
@@ -193,7 +202,7 @@ mod tests {
         window.add(entry("4-0", &[("study_uid", "1.2")], 1));
         assert_eq!(window.len(), 5);
         assert_eq!(window.bad().len(), 1);
-        let front = window.front(10);
+        let front = window.front(10, 100);
         assert_eq!(front.len(), 2);
         let study = &front[0];
         assert_eq!((study.key.0.as_str(), study.key.1.as_str()), ("t1", "1.2"));
@@ -204,8 +213,18 @@ mod tests {
         assert_eq!(front[1].last_kind, EventKind::Deleted);
         let deliveries: Vec<u64> = front[1].entries.iter().map(|e| e.deliveries).collect();
         assert_eq!(deliveries, [1, 3]);
+        assert_eq!(
+            window.front(10, 2).len(),
+            1,
+            "1.2's two entries fill a round of 2"
+        );
+        assert_eq!(
+            window.front(10, 1).len(),
+            1,
+            "a round holds at least one study"
+        );
         window.done(1);
-        assert_eq!(window.front(10).len(), 1);
+        assert_eq!(window.front(10, 100).len(), 1);
         window.done(1);
         window.bad_done();
         assert!(window.is_empty());
