@@ -236,9 +236,9 @@ struct Reader {
 
 impl Reader {
     /// Reads into `window` until a read comes back short (the stream is drained for now),
-    /// the window holds `stream.coalesce_entries`, or the daemon is stopping; only the
-    /// first read waits. Each further read runs in Redis while the previous one's entries
-    /// are parsed here.
+    /// the window holds `stream.coalesce_entries` (or a batch of bad entries), or the
+    /// daemon is stopping; only the first read waits. Each further read runs in Redis while
+    /// the previous one's entries are parsed here.
     async fn gather(
         &mut self,
         settings: &Settings,
@@ -249,8 +249,10 @@ impl Reader {
         let mut read = self.read(settings, health).await;
         loop {
             let entries = read?;
+            // Bad entries are kept whole until dead-lettered: a batch's worth ends the window.
             let more = entries.len() == settings.stream.batch_size
                 && window.len() + entries.len() < settings.stream.coalesce_entries
+                && window.bad().len() < settings.stream.batch_size
                 && !cancel.is_cancelled();
             let next = more.then(|| self.prefetch(settings));
             if next.is_some() {
