@@ -192,11 +192,15 @@ async fn a_key_redis_refuses_dead_letters_only_its_studys_entries() {
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), bad_events, "only the refused study's entries");
     for fields in &dead {
-        let reason = fields
-            .iter()
-            .find(|(k, _)| k == "dead_reason")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-        assert!(reason.is_some_and(|r| r.contains("WRONGTYPE")));
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert!(field("dead_reason").is_some_and(|r| r.contains("WRONGTYPE")));
+        // The entry itself is copied, read back from the stream by its id.
+        assert_eq!(field("study_uid").as_deref(), Some(bad_study.as_str()));
     }
     for row in dataset
         .rows
