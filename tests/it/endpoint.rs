@@ -97,6 +97,45 @@ async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events
 }
 
 #[tokio::test]
+async fn a_backlog_read_over_many_reads_fills_each_study_once() {
+    let env = TestEnv::new().await;
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        studies: 3,
+        min_instances: 40,
+        max_instances: 60,
+        ..DatasetSpec::default()
+    });
+    dataset.insert(&env.db).await.expect("insert rows");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DCW__STREAM__BATCH_SIZE", "10")
+        .env("DCW__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    env.wait_until_drained().await;
+
+    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
+    let reads = metric(&body, "dcw_entries_read_total") / 10.0;
+    assert!(reads >= 10.0, "the backlog took {reads} reads");
+    assert_eq!(
+        metric(&body, "dcw_studies_filled_total"),
+        3.0,
+        "the reads are coalesced into one window: each study filled once"
+    );
+    daemon.kill().await.expect("kill");
+}
+
+#[tokio::test]
 async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
     let env = TestEnv::new().await;
     let mut redis = crate::chaos_support::PrivateRedis::start().await;
