@@ -192,15 +192,16 @@ async fn process_until_done(
     let started = Instant::now();
     let mut report = BatchReport::default();
     let mut backoff = Backoff::default();
-    loop {
+    while !window.is_empty() {
         health.beat();
-        match pipeline::process_window(services, settings, window, &mut report).await {
-            Ok(()) => {
+        match pipeline::process_step(services, settings, window).await {
+            Ok(step) => {
                 health.up(Service::Redis);
-                if report.queried_database {
+                if step.queried_database {
                     health.up(Service::Database);
                 }
-                break;
+                report += step;
+                backoff.reset();
             }
             Err(error) => {
                 health.down(error.service(), &error);

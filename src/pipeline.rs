@@ -125,19 +125,18 @@ const STUDIES_PER_ROUND: usize = 100;
 /// Entries acknowledged per round, which bounds a round's memory when studies are large.
 const ENTRIES_PER_ROUND: usize = 20_000;
 
-/// Processes a window: dead-letters its bad entries, then fills its studies round after
-/// round. Entries are acknowledged only once every write they caused has succeeded; an
-/// infrastructure error leaves the rest pending, and processed studies leave the window,
-/// so a retry resumes where it stopped.
+/// Processes the window's next step: its bad entries, dead-lettered, or else its next round
+/// of studies. Entries are acknowledged only once every write they caused has succeeded;
+/// an infrastructure error leaves the step's entries pending, and processed studies leave
+/// the window, so a retry resumes where it stopped. Call until the window is empty.
 ///
 /// When Redis refuses a write, the round is split by study to find the study at fault;
 /// that study's entries go to the dead-letter stream with Redis' reason.
-pub async fn process_window(
+pub async fn process_step(
     services: &Services,
     settings: &Settings,
     window: &mut Window,
-    report: &mut BatchReport,
-) -> Result<(), BatchError> {
+) -> Result<BatchReport, BatchError> {
     if !window.bad().is_empty() {
         let bad: Vec<DeadLetter> = window
             .bad()
@@ -151,19 +150,16 @@ pub async fn process_window(
                 }
             })
             .collect();
-        *report += dead_letter(services, settings, &bad).await?;
+        let report = dead_letter(services, settings, &bad).await?;
         window.bad_done();
+        return Ok(report);
     }
-    loop {
-        let round = window.front(STUDIES_PER_ROUND, ENTRIES_PER_ROUND);
-        if round.is_empty() {
-            return Ok(());
-        }
-        let studies = round.len();
-        *report += process_round(services, settings, &round).await?;
-        drop(round);
-        window.done(studies);
-    }
+    let round = window.front(STUDIES_PER_ROUND, ENTRIES_PER_ROUND);
+    let studies = round.len();
+    let report = process_round(services, settings, &round).await?;
+    drop(round);
+    window.done(studies);
+    Ok(report)
 }
 
 async fn process_round(
