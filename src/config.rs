@@ -858,6 +858,23 @@ mod tests {
     }
 
     #[test]
+    fn a_window_smaller_than_a_read_is_refused() {
+        let err = load(
+            "",
+            None,
+            &[
+                ("DCW__STREAM__BATCH_SIZE", "500"),
+                ("DCW__STREAM__COALESCE_ENTRIES", "499"),
+            ],
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            err.0,
+            ["stream.coalesce_entries: must be between stream.batch_size and 10000000"]
+        );
+    }
+
+    #[test]
     fn jwks_settings_are_checked_by_key() {
         let s = load("", None, &[]).expect("defaults are valid");
         assert!(s.jwks.url.is_none());
