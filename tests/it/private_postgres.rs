@@ -44,7 +44,7 @@ fn as_postgres(bin: &Path, program: &str, args: &[&str], cwd: &Path) -> std::pro
         .unwrap_or_else(|error| panic!("run {program} as postgres: {error}"))
 }
 
-/// A PostgreSQL cluster of the test's own on 127.0.0.1 and a free port, TLS only, trusting
+/// A PostgreSQL cluster of the test's own on 127.0.0.1 and 127.0.0.2 and a free port, TLS only, trusting
 /// every user over TLS; stopped (`pg_ctl stop -m immediate`) and removed when dropped.
 pub struct PrivatePostgres {
     /// Its port.
@@ -100,7 +100,7 @@ impl PrivatePostgres {
             "initdb"
         );
         let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
+            "port = {port}\nlisten_addresses = '127.0.0.1,127.0.0.2'\nunix_socket_directories = '{dir}'\n\
              ssl = on\nssl_cert_file = '{certs}/server.crt'\nssl_key_file = '{certs}/server.key'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
             port = cluster.port,
@@ -111,7 +111,7 @@ impl PrivatePostgres {
         // TLS or nothing: no `host` line, so a plain TCP connection finds no entry.
         std::fs::write(
             cluster.data.join("pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 trust\n",
+            "hostssl all all 127.0.0.0/8 trust\n",
         )
         .expect("write pg_hba.conf");
         let log = cluster.dir.path().join("log");
@@ -174,7 +174,7 @@ fn database_url(url: &str) -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test]
-async fn postgres_over_verify_full_tls_warms_and_refuses_another_ca_or_no_tls() {
+async fn postgres_over_verify_full_tls_warms_and_refuses_another_ca_another_name_or_no_tls() {
     let env = TestEnv::new().await;
     let postgres = PrivatePostgres::start();
     let verified = postgres.url(
@@ -271,6 +271,17 @@ async fn postgres_over_verify_full_tls_warms_and_refuses_another_ca_or_no_tls() 
             "{ca}: {printed}"
         );
     }
+
+    // The right CA, but an address the certificate does not name (it names localhost and
+    // 127.0.0.1; the server also listens on 127.0.0.2).
+    let misnamed = verified.replace("@localhost:", "@127.0.0.2:");
+    let refused = run_binary(&env, &database_url(&misnamed), &["warm", "--all"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("certificate not valid for name \"127.0.0.2\""),
+        "{said}"
+    );
 
     // Without TLS the server finds no pg_hba.conf entry: refused, and said so.
     let plain = postgres.url("dicom", "sslmode=disable");
