@@ -7,7 +7,7 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 
 use crate::config::Settings;
-use crate::{db, redis_conn};
+use crate::{db, redis_conn, telemetry};
 
 /// Creates the database when missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
@@ -70,7 +70,7 @@ pub async fn check_config(settings: &Settings) -> anyhow::Result<()> {
     for (what, result) in &checks {
         match result {
             Ok(detail) => println!("{what}: ok ({detail})"),
-            Err(error) => println!("{what}: FAILED: {error:#}"),
+            Err(error) => println!("{what}: FAILED: {}", telemetry::one_line(error)),
         }
     }
     anyhow::ensure!(checks.iter().all(|(_, r)| r.is_ok()), "a check failed");

@@ -21,3 +21,37 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// An error and its causes on one line, `: `-separated, leaving out a cause whose message
+/// is already on the line (sqlx, for one, repeats its source in its own message).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("connection refused");
+        let error = anyhow::Error::new(sqlx::Error::Io(io)).context("count the studies");
+        assert_eq!(
+            one_line(&error),
+            "count the studies: error communicating with database: connection refused"
+        );
+        let error = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(one_line(&error), "top: middle: root");
+    }
+}
