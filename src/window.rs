@@ -1,6 +1,5 @@
-//! Entries gathered from one or more reads, coalesced by study and kept small: a study's
-//! entries are remembered by their ids only, so a window of many thousand entries costs
-//! little more memory than its studies.
+//! Entries gathered from one or more reads, coalesced by study and kept small: entries are
+//! remembered by their ids only (20 bytes each), whole only when they are bad.
 
 use std::collections::{BTreeSet, HashMap};
 
