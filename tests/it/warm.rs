@@ -10,6 +10,7 @@ use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
 use dicom_cache_warmer::study::DicomStateMeta;
 use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::chaos_support::{check_cache, send_signal};
@@ -163,9 +164,13 @@ async fn warm_with_series_schedules_every_series_of_the_warmed_studies() {
 
 /// `warm` as a child process on `env`'s slice, its output captured.
 fn spawn_warm(env: &TestEnv, args: &[&str]) -> tokio::process::Child {
+    spawn_warm_logging(env, "warn", args)
+}
+
+fn spawn_warm_logging(env: &TestEnv, level: &str, args: &[&str]) -> tokio::process::Child {
     Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
         .envs(env.daemon_env())
-        .env("DCW__LOG__LEVEL", "warn")
+        .env("DCW__LOG__LEVEL", level)
         .arg("warm")
         .args(args)
         .stdout(Stdio::piped())
@@ -353,4 +358,48 @@ async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
     let cache = check_cache(&env.redis, &selected).await;
     assert_eq!(cache.correct, 20, "{:?}", cache.wrong);
     untouched().await;
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_ends_warm_at_once_even_with_a_query_in_hand() {
+    let env = TestEnv::new().await;
+    // Hold a lock that makes warm's first query wait: it cannot finish on its own.
+    let mut blocker = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let mut child = spawn_warm_logging(&env, "info", &["--all"]);
+    wait_for("warm's query to wait for the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&env.db)
+        .await
+        .expect("pg_locks");
+        waiting > 0
+    })
+    .await;
+    let pid = child.id().expect("warm is running");
+    send_signal("-INT", pid).await;
+    // The second signal only after the first was seen, so the two are not merged.
+    let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = log.next_line().await.expect("read log") {
+            if line.contains("stopping: finishing the work in hand") {
+                return;
+            }
+        }
+        panic!("warm ended before logging the first signal");
+    })
+    .await
+    .expect("the first signal is logged");
+    send_signal("-INT", pid).await;
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits at once, with its query still waiting")
+        .expect("wait for warm");
+    assert_eq!(status.code(), Some(130));
+    blocker.rollback().await.expect("release the lock");
 }
