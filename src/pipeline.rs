@@ -3,7 +3,6 @@
 
 use std::ops::AddAssign;
 use std::path::Path;
-use std::time::Instant;
 
 use redis::RedisError;
 use sqlx::PgPool;
@@ -247,7 +246,6 @@ async fn fill_round(
     settings: &Settings,
     studies: &[Study<'_>],
 ) -> Result<BatchReport, BatchError> {
-    let started = Instant::now();
     let mut report = BatchReport {
         entries: studies.iter().map(|study| study.entries.len()).sum(),
         queried_database: true,
@@ -344,16 +342,6 @@ async fn fill_round(
             "XACK acknowledged fewer entries than sent"
         );
     }
-    tracing::debug!(
-        entries = report.entries,
-        studies_filled = report.studies_filled,
-        studies_stale = report.studies_stale,
-        studies_removed = report.studies_removed,
-        studies_waiting = report.studies_waiting,
-        dead_lettered = report.dead_lettered,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "round done"
-    );
     Ok(report)
 }
 
