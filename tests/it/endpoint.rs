@@ -5,7 +5,7 @@ use std::process::Stdio;
 use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use crate::helpers::{TestEnv, wait_for};
 
@@ -29,6 +29,18 @@ pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The daemon binary on the test's settings, its endpoint on `port`, with `vars` on top.
+fn spawn_with_endpoint(env: &TestEnv, port: u16, vars: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon")
+}
+
 /// The value of an unlabelled counter or gauge in Prometheus text, 0 when absent.
 fn metric(body: &str, name: &str) -> f64 {
     body.lines()
@@ -40,14 +52,7 @@ fn metric(body: &str, name: &str) -> f64 {
 async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events() {
     let env = TestEnv::new().await;
     let port = free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DCW__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the daemon");
+    let mut daemon = spawn_with_endpoint(&env, port, &[("DCW__LOG__LEVEL", "warn")]);
 
     wait_for("readiness", || async {
         get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
@@ -64,12 +69,7 @@ async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events
         studies: 3,
         ..DatasetSpec::default()
     });
-    dataset.insert(&env.db).await.expect("insert rows");
-    let mut con = env.redis.clone();
-    dataset
-        .publish(&mut con, &env.settings.stream.key)
-        .await
-        .expect("publish");
+    env.load(&dataset).await;
     env.wait_until_drained().await;
 
     let (_, body) = get(port, "/metrics").await.expect("metrics answer");
@@ -106,22 +106,16 @@ async fn a_backlog_read_over_many_reads_fills_each_study_once() {
         max_instances: 60,
         ..DatasetSpec::default()
     });
-    dataset.insert(&env.db).await.expect("insert rows");
-    let mut con = env.redis.clone();
-    dataset
-        .publish(&mut con, &env.settings.stream.key)
-        .await
-        .expect("publish");
+    env.load(&dataset).await;
     let port = free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DCW__STREAM__BATCH_SIZE", "10")
-        .env("DCW__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the daemon");
+    let mut daemon = spawn_with_endpoint(
+        &env,
+        port,
+        &[
+            ("DCW__STREAM__BATCH_SIZE", "10"),
+            ("DCW__LOG__LEVEL", "warn"),
+        ],
+    );
     env.wait_until_drained().await;
 
     let (_, body) = get(port, "/metrics").await.expect("metrics answer");
@@ -140,15 +134,15 @@ async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
     let env = TestEnv::new().await;
     let mut redis = crate::chaos_support::PrivateRedis::start().await;
     let port = free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .env("DCW__REDIS__URL", redis.url())
-        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DCW__LOG__LEVEL", "error")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the daemon");
+    let redis_url = redis.url();
+    let mut daemon = spawn_with_endpoint(
+        &env,
+        port,
+        &[
+            ("DCW__REDIS__URL", &redis_url),
+            ("DCW__LOG__LEVEL", "error"),
+        ],
+    );
     let status = |path: &'static str| async move { get(port, path).await.map(|(s, _)| s) };
 
     wait_for("readiness", || async {

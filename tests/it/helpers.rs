@@ -9,6 +9,7 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use dicom_cache_warmer::config::{ServiceUrl, Settings};
 use dicom_cache_warmer::stream::{self, Backlog};
 use dicom_cache_warmer::study::DicomStateMeta;
+use dicom_cache_warmer::synthetic::Dataset;
 use dicom_cache_warmer::{app, db};
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -159,6 +160,16 @@ impl TestEnv {
                 pending: 0,
                 lag: None,
             })
+    }
+
+    /// Inserts the dataset's rows into this test's database, then publishes its events to
+    /// this test's stream.
+    pub async fn load(&self, dataset: &Dataset) {
+        dataset.insert(&self.db).await.expect("insert rows");
+        dataset
+            .publish(&mut self.redis.clone(), &self.settings.stream.key)
+            .await
+            .expect("publish");
     }
 
     /// Waits until every published entry has been delivered and acknowledged.
