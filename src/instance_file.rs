@@ -1,13 +1,14 @@
-//! Reading one instance file up to its pixel data, with errors that tell a missing file
-//! from an unreadable one and from one that is not valid DICOM.
+//! Converting one instance file to its DICOM JSON object, with errors that tell a missing
+//! file from an unreadable one and from one that is not valid DICOM.
 
-use std::io;
+use std::error::Error as _;
+use std::fs::File;
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
-use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions, ReadError};
+use crate::series_json::{self, DocumentOptions, InstanceJson, SeriesJsonError};
 
-/// Why an instance file could not be read.
+/// Why an instance file could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceFileError {
     /// No file at that path.
@@ -25,41 +26,54 @@ pub enum InstanceFileError {
         #[source]
         source: io::Error,
     },
-    /// The file is not a valid DICOM Part-10 file: garbage, truncated or unsupported.
+    /// The file is not a valid DICOM Part-10 file: garbage, truncated, unsupported, or
+    /// without a usable SOP Instance UID.
     #[error("instance file {} is not a valid DICOM file", path.display())]
     Invalid {
         /// The path that was opened.
         path: PathBuf,
-        /// What the parser found wrong.
+        /// What the conversion found wrong.
         #[source]
-        source: Box<ReadError>,
+        source: Box<SeriesJsonError>,
     },
 }
 
-/// Reads a Part-10 file's meta group and data set, stopping before the pixel data (7FE0,0010).
-pub fn read_instance(path: &Path) -> Result<DefaultDicomObject, InstanceFileError> {
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+/// Reads a Part-10 file up to its pixel data (7FE0,0010) and converts its data set to the
+/// instance's DICOM JSON object.
+pub fn read_instance(
+    path: &Path,
+    study_uid: &str,
+    series_uid: &str,
+    opts: &DocumentOptions,
+) -> Result<InstanceJson, InstanceFileError> {
+    let file = File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => InstanceFileError::Missing {
+            path: path.to_owned(),
+        },
+        _ => InstanceFileError::Unreadable {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    series_json::instance_json(BufReader::new(file), study_uid, series_uid, opts)
         .map_err(|e| classify(path, e))
 }
 
-fn classify(path: &Path, error: ReadError) -> InstanceFileError {
+/// An I/O failure other than a short read is the disk's fault; anything else, including a
+/// truncated file, is the file's.
+fn classify(path: &Path, error: SeriesJsonError) -> InstanceFileError {
     let path = path.to_owned();
-    match error {
-        ReadError::OpenFile { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-            InstanceFileError::Missing { path }
-        }
-        ReadError::OpenFile { source, .. } => InstanceFileError::Unreadable { path, source },
-        // A short read means a truncated file, which is the file's fault, not the disk's.
-        ReadError::ReadFile { source, .. } | ReadError::ReadPreambleBytes { source, .. }
-            if source.kind() != io::ErrorKind::UnexpectedEof =>
-        {
-            InstanceFileError::Unreadable { path, source }
-        }
-        other => InstanceFileError::Invalid {
+    let io_failure = std::iter::successors(error.source(), |&e| e.source())
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .find(|e| e.kind() != io::ErrorKind::UnexpectedEof);
+    match io_failure {
+        Some(io) => InstanceFileError::Unreadable {
             path,
-            source: Box::new(other),
+            source: io::Error::new(io.kind(), io.to_string()),
+        },
+        None => InstanceFileError::Invalid {
+            path,
+            source: Box::new(error),
         },
     }
 }
@@ -68,16 +82,21 @@ fn classify(path: &Path, error: ReadError) -> InstanceFileError {
 mod tests {
     use std::fs;
 
-    use dicom_dictionary_std::uids;
-
     use super::*;
     use crate::fixtures::{self, CtInstance};
+
+    const STUDY: &str = "1.2.3";
+    const SERIES: &str = "1.2.3.4";
+
+    fn read(path: &Path) -> Result<InstanceJson, InstanceFileError> {
+        read_instance(path, STUDY, SERIES, &DocumentOptions::default())
+    }
 
     fn write_fixture(dir: &Path) -> PathBuf {
         let path = dir.join("ct.dcm");
         let ct = CtInstance {
-            study_uid: "1.2.3",
-            series_uid: "1.2.3.4",
+            study_uid: STUDY,
+            series_uid: SERIES,
             sop_uid: "1.2.3.4.5",
             instance_number: Some(1),
             patient_name: fixtures::PATIENT_NAME,
@@ -102,26 +121,34 @@ mod tests {
     }
 
     #[test]
-    fn reads_meta_and_data_set_but_not_pixel_data() {
+    fn converts_the_data_set_up_to_the_pixel_data() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = read_instance(&write_fixture(dir.path())).expect("read fixture");
+        let path = write_fixture(dir.path());
+        let options = DocumentOptions {
+            bulkdata_base_url: Some("https://pacs".into()),
+        };
+        let instance = read_instance(&path, STUDY, SERIES, &options).expect("read fixture");
+        assert_eq!(instance.sop_instance_uid(), "1.2.3.4.5");
+        assert_eq!(instance.instance_number(), Some(1));
+        let json: serde_json::Value =
+            serde_json::from_slice(instance.as_bytes()).expect("valid JSON");
+        assert_eq!(json["00280010"]["Value"][0], 64, "Rows");
         assert_eq!(
-            file.meta().transfer_syntax(),
-            uids::EXPLICIT_VR_LITTLE_ENDIAN
+            json["7FE00010"]["BulkDataURI"],
+            "https://pacs/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/bulkdata/7FE00010",
+            "pixel data by reference, never read"
         );
-        assert!(file.get(tags::ROWS).is_some());
         assert!(
-            file.get(tags::PIXEL_DATA).is_none(),
-            "stopped before the pixel data"
+            json["00091002"]["BulkDataURI"].is_string(),
+            "long OB skipped"
         );
-        assert!(file.get(fixtures::PRIVATE_LONG_OB_TAG).is_some());
     }
 
     #[test]
     fn missing_file_is_missing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("absent.dcm");
-        let err = read_instance(&path).expect_err("no file");
+        let err = read(&path).expect_err("no file");
         assert!(
             matches!(&err, InstanceFileError::Missing { path: p } if *p == path),
             "{err:?}"
@@ -132,7 +159,7 @@ mod tests {
     #[test]
     fn directory_is_unreadable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = read_instance(dir.path()).expect_err("a directory");
+        let err = read(dir.path()).expect_err("a directory");
         assert!(
             matches!(err, InstanceFileError::Unreadable { .. }),
             "{err:?}"
@@ -163,7 +190,7 @@ mod tests {
             ("magic then noise", &magic_then_noise),
         ];
         for (name, bytes) in cases {
-            let err = read_instance(&write_bytes(dir.path(), name, bytes)).expect_err(name);
+            let err = read(&write_bytes(dir.path(), name, bytes)).expect_err(name);
             assert!(
                 matches!(err, InstanceFileError::Invalid { .. }),
                 "{name}: {err:?}"
@@ -186,15 +213,16 @@ mod tests {
         let mut invalid = 0;
         for cut in (0..pixel_data).chain([pixel_data + 4, pixel_data + 100]) {
             let path = write_bytes(dir.path(), "truncated.dcm", &bytes[..cut]);
-            match read_instance(&path) {
-                Ok(file) => {
+            match read(&path) {
+                Ok(instance) => {
                     assert!(
                         cut >= meta_end,
                         "cut at {cut} inside the meta group was accepted"
                     );
                     // Only a cut between elements can parse, and it loses what follows.
                     if cut < pixel_data {
-                        assert!(file.get(tags::RESCALE_SLOPE).is_none(), "cut at {cut}");
+                        let json = String::from_utf8_lossy(instance.as_bytes()).into_owned();
+                        assert!(!json.contains("00281053"), "cut at {cut}: {json}");
                     }
                 }
                 Err(InstanceFileError::Invalid { .. }) => invalid += 1,
@@ -218,7 +246,7 @@ mod tests {
             .expect("long private OB header");
         // 16 MiB: past the end of the file, yet small enough to allocate in a test.
         bytes[at + 8..at + 12].copy_from_slice(&0x0100_0000_u32.to_le_bytes());
-        let err = read_instance(&write_bytes(dir.path(), "long.dcm", &bytes)).expect_err("corrupt");
+        let err = read(&write_bytes(dir.path(), "long.dcm", &bytes)).expect_err("corrupt");
         assert!(matches!(err, InstanceFileError::Invalid { .. }), "{err:?}");
     }
 }

@@ -19,7 +19,7 @@ use crate::ids::{TenantId, Uid};
 use crate::instance_file::read_instance;
 use crate::lock::{LOCK_RENEW_EVERY, SeriesLock};
 use crate::schedule::{Schedule, SeriesRef};
-use crate::series_json::{self, DocumentOptions, InstanceJson, PixelEncoding};
+use crate::series_json::{self, DocumentOptions};
 use crate::{keys, metrics};
 
 /// How often the schedule is looked at for due series.
@@ -45,14 +45,6 @@ pub enum BuildFailure {
     /// An instance file is missing or cannot be parsed.
     #[error("{0}")]
     File(#[from] crate::instance_file::InstanceFileError),
-    /// An instance cannot be written as DICOM JSON.
-    #[error("{path}: {source}")]
-    Json {
-        /// The instance file.
-        path: PathBuf,
-        /// What is wrong with it.
-        source: series_json::SeriesJsonError,
-    },
     /// The series folder cannot be listed.
     #[error("list {path}: {source}")]
     ListFolder {
@@ -290,7 +282,7 @@ impl Builder {
             parsing.spawn(async move {
                 let _slot = slots.acquire_owned().await;
                 tokio::task::spawn_blocking(move || {
-                    parse_instance(&path, &study, &series_uid, &options)
+                    read_instance(&path, study.as_str(), series_uid.as_str(), &options)
                 })
                 .await
             });
@@ -299,7 +291,7 @@ impl Builder {
         while let Some(parsed) = parsing.join_next().await {
             match parsed?? {
                 Ok(instance) => instances.push(instance),
-                Err(failure) => return Ok(Err(failure)),
+                Err(failure) => return Ok(Err(failure.into())),
             }
         }
         let count = instances.len();
@@ -435,22 +427,6 @@ pub fn document_path(
         .join(study_date_origin)
         .join(study.as_str())
         .join(format!("{series}.json"))
-}
-
-fn parse_instance(
-    path: &Path,
-    study: &Uid,
-    series: &Uid,
-    options: &DocumentOptions,
-) -> Result<InstanceJson, BuildFailure> {
-    let file = read_instance(path)?;
-    let pixels = PixelEncoding::from_transfer_syntax(file.meta().transfer_syntax());
-    series_json::instance_json(&file, study.as_str(), series.as_str(), pixels, options).map_err(
-        |source| BuildFailure::Json {
-            path: path.to_owned(),
-            source,
-        },
-    )
 }
 
 fn list_dcm_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {

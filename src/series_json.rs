@@ -1,5 +1,11 @@
-//! DICOM JSON (PS3.18 Annex F) of one instance's data set, and the series metadata
-//! document that joins them: pure functions, no I/O.
+//! DICOM JSON (PS3.18 Annex F) of one instance, written while its Part-10 stream is read
+//! (up to the pixel data), and the series metadata document that joins them.
+//!
+//! The data set is read token by token with dicom-parser's lazy reader: values are taken as
+//! raw bytes into one reused buffer, and bulk values are skipped without being held, so no
+//! in-memory object is built. Attributes are written in the file's order, which PS3.5 7.1
+//! makes ascending; a data set that is not gets its attributes sorted (the last of a repeated
+//! tag wins), so the keys always ascend.
 //!
 //! Policies where F.2 leaves a choice:
 //! - binary values (OB OD OF OL OV OW UN) of at most [`INLINE_BINARY_MAX_BYTES`] bytes are
@@ -17,15 +23,22 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::io::{BufRead, Read};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use dicom_core::header::Header as _;
-use dicom_core::value::{PrimitiveValue, Value};
+use dicom_core::dictionary::{DataDictionary as _, VirtualVr};
+use dicom_core::header::DataElementHeader;
 use dicom_core::{Tag, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::InMemDicomObject;
-use dicom_object::mem::InMemElement;
+use dicom_dictionary_std::{StandardDataDictionary, tags};
+use dicom_encoding::text::{DecodeTextError, SpecificCharacterSet, TextCodec as _};
+use dicom_encoding::transfer_syntax::{Codec, Endianness};
+use dicom_encoding::{TransferSyntax, TransferSyntaxIndex as _};
+use dicom_object::meta::FileMetaTable;
+use dicom_parser::DynStatefulDecoder;
+use dicom_parser::dataset::LazyDataToken;
+use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 // 1 KiB keeps the small vendor blobs (a few bytes to a few hundred) inline, so a viewer
 // needs no extra round trip for them, while every multi-KB value (Siemens CSA headers of
@@ -45,34 +58,46 @@ pub struct DocumentOptions {
     pub bulkdata_base_url: Option<String>,
 }
 
-// Retired, so deprecated in the dictionary, but files in it still exist.
-const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
-
-/// How an instance's pixel data is encoded, which decides the VR of its BulkDataURI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PixelEncoding {
-    /// Native (uncompressed) pixel data.
-    Native,
-    /// Encapsulated (compressed) pixel data, always OB.
-    Encapsulated,
-}
-
-impl PixelEncoding {
-    /// The encoding implied by a transfer syntax UID (trailing padding allowed).
-    pub fn from_transfer_syntax(uid: &str) -> Self {
-        match trim_padding(uid) {
-            uids::IMPLICIT_VR_LITTLE_ENDIAN
-            | uids::EXPLICIT_VR_LITTLE_ENDIAN
-            | EXPLICIT_VR_BIG_ENDIAN
-            | uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => Self::Native,
-            _ => Self::Encapsulated,
-        }
-    }
-}
-
 /// Why an instance could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum SeriesJsonError {
+    /// The stream ends, or fails, before the file meta group.
+    #[error("the preamble cannot be read")]
+    Preamble(#[source] std::io::Error),
+    /// The stream does not start with a readable file meta group.
+    #[error("the file meta group cannot be read")]
+    Meta(#[source] dicom_object::meta::Error),
+    /// The transfer syntax is unknown, or needs a codec this build does not have.
+    #[error("transfer syntax {0:?} is not supported")]
+    UnsupportedTransferSyntax(String),
+    /// The data set cannot be parsed: malformed, or the stream failed.
+    #[error("the data set cannot be read")]
+    Read(#[from] dicom_parser::dataset::lazy_read::Error),
+    /// A value cannot be read from the stream.
+    #[error("a value cannot be read")]
+    Value(#[from] dicom_parser::dataset::Error),
+    /// A value is shorter than its header says: the stream ended inside it.
+    #[error("the value of {tag} ends after {read} of its {len} bytes")]
+    Truncated {
+        /// The attribute.
+        tag: Tag,
+        /// Bytes present.
+        read: u64,
+        /// Bytes declared.
+        len: u32,
+    },
+    /// Items or delimiters where the data set's structure does not allow them.
+    #[error("unexpected {0} in the data set")]
+    Structure(&'static str),
+    /// A text value cannot be decoded in its character set.
+    #[error("the text of {tag} cannot be decoded")]
+    Text {
+        /// The attribute.
+        tag: Tag,
+        /// The decoder's complaint.
+        #[source]
+        source: DecodeTextError,
+    },
     /// The data set has no SOP Instance UID (0008,0018), or it is empty.
     #[error("the data set has no SOP Instance UID (0008,0018)")]
     MissingSopInstanceUid,
@@ -119,53 +144,51 @@ impl InstanceJson {
     }
 }
 
-/// Converts one instance's data set (read up to, or including, its pixel data) to its
-/// DICOM JSON object.
-pub fn instance_json(
-    obj: &InMemDicomObject,
+/// Reads a Part-10 stream (128-byte preamble optional, then `DICM` and the file meta group)
+/// up to its pixel data and converts the data set to its DICOM JSON object.
+pub fn instance_json<R: BufRead>(
+    mut source: R,
     study_uid: &str,
     series_uid: &str,
-    pixels: PixelEncoding,
     opts: &DocumentOptions,
 ) -> Result<InstanceJson, SeriesJsonError> {
-    let sop_instance_uid = obj
-        .get(tags::SOP_INSTANCE_UID)
-        .and_then(|e| e.value().primitive())
-        .and_then(first_text)
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or(SeriesJsonError::MissingSopInstanceUid)?;
     check_uid("Study Instance UID", study_uid)?;
     check_uid("Series Instance UID", series_uid)?;
+    skip_preamble(&mut source).map_err(SeriesJsonError::Preamble)?;
+    let meta = FileMetaTable::from_reader(&mut source).map_err(SeriesJsonError::Meta)?;
+    let ts_uid = meta.transfer_syntax();
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .filter(|ts| matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..)))
+        .ok_or_else(|| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+    // Positions count from here: the decoder only compares them, so no seeking is needed
+    // and a pipe reads as well as a file.
+    let decoder = DynStatefulDecoder::new_with(source, ts, SpecificCharacterSet::default(), 0)
+        .map_err(|_| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+    let mut reader = LazyDataSetReader::new(decoder);
+
+    let mut writer = Writer::new(ts, opts.bulkdata_base_url.is_some());
+    writer.data_set(&mut reader)?;
+    let top = writer.top;
+    let sop_instance_uid = top
+        .sop_instance_uid
+        .filter(|s| !s.is_empty())
+        .ok_or(SeriesJsonError::MissingSopInstanceUid)?;
     check_uid("SOP Instance UID", &sop_instance_uid)?;
-
-    let bulk_prefix = opts.bulkdata_base_url.as_deref().map(|base| {
-        format!(
-            "{}/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/bulkdata",
-            base.trim_end_matches('/')
-        )
-    });
-    let synthesized_pixel_vr = if bulk_prefix.is_some() {
-        synthesized_pixel_vr(obj, pixels)
-    } else {
-        None
+    let bytes = match &opts.bulkdata_base_url {
+        Some(base) => {
+            let prefix = format!(
+                "{}/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/bulkdata",
+                base.trim_end_matches('/')
+            );
+            fill_uri_prefixes(&writer.out, &json_string_body(&prefix)?)
+        }
+        None => writer.out,
     };
-    let mut writer = Writer {
-        out: Vec::with_capacity(4096),
-        bulk_prefix,
-        path: Vec::new(),
-        scratch: Vec::new(),
-        base64: String::new(),
-    };
-    writer.object(obj, synthesized_pixel_vr)?;
-
     Ok(InstanceJson {
-        instance_number: obj
-            .get(tags::INSTANCE_NUMBER)
-            .and_then(|e| e.value().primitive())
-            .and_then(first_i32),
+        instance_number: top.instance_number,
         sop_instance_uid,
-        bytes: writer.out,
+        bytes,
     })
 }
 
@@ -194,31 +217,12 @@ pub fn series_document(mut instances: Vec<InstanceJson>) -> Vec<u8> {
     out
 }
 
-/// The VR of the pixel data BulkDataURI to add, when the object is an image read without it.
-fn synthesized_pixel_vr(obj: &InMemDicomObject, pixels: PixelEncoding) -> Option<VR> {
-    let present = [
-        tags::FLOAT_PIXEL_DATA,
-        tags::DOUBLE_FLOAT_PIXEL_DATA,
-        tags::PIXEL_DATA,
-    ]
-    .into_iter()
-    .any(|t| obj.get(t).is_some());
-    let is_image = obj
-        .get(tags::ROWS)
-        .and_then(|e| e.value().primitive())
-        .is_some_and(|v| v.calculate_byte_len() > 0);
-    if present || !is_image {
-        return None;
+/// Skips the 128-byte preamble unless the stream starts with `DICM` (as dicom-object does).
+fn skip_preamble(source: &mut impl BufRead) -> std::io::Result<()> {
+    if !source.fill_buf()?.starts_with(b"DICM") {
+        source.read_exact(&mut [0; 128])?;
     }
-    let wide = obj
-        .get(tags::BITS_ALLOCATED)
-        .and_then(|e| e.value().primitive())
-        .and_then(first_i32)
-        .is_some_and(|bits| bits > 8);
-    Some(match pixels {
-        PixelEncoding::Native if wide => VR::OW,
-        _ => VR::OB,
-    })
+    Ok(())
 }
 
 fn check_uid(attribute: &'static str, value: &str) -> Result<(), SeriesJsonError> {
@@ -236,96 +240,408 @@ fn check_uid(attribute: &'static str, value: &str) -> Result<(), SeriesJsonError
     }
 }
 
-/// Appends DICOM JSON to a byte buffer, straight from the data set.
-struct Writer {
-    out: Vec<u8>,
-    /// `{base}/studies/…/instances/{sop}/bulkdata`, when BulkDataURIs are wanted.
-    bulk_prefix: Option<String>,
-    /// Enclosing sequences: (sequence tag, item index), outermost first.
-    path: Vec<(Tag, usize)>,
-    /// Little-endian value bytes awaiting base64.
-    scratch: Vec<u8>,
-    base64: String,
+/// `text` as the inside of a JSON string literal (escaped, without the quotes).
+fn json_string_body(text: &str) -> Result<Vec<u8>, SeriesJsonError> {
+    let mut quoted = serde_json::to_vec(text)?;
+    quoted.pop();
+    quoted.remove(0);
+    Ok(quoted)
 }
 
+/// Stands for the BulkDataURI prefix until the SOP Instance UID is known: a NUL byte, which
+/// JSON text never holds unescaped.
+const URI_PREFIX: u8 = 0;
+
+/// `out` with every [`URI_PREFIX`] replaced by `prefix`.
+fn fill_uri_prefixes(out: &[u8], prefix: &[u8]) -> Vec<u8> {
+    let mut filled = Vec::with_capacity(out.len() + 8 * prefix.len());
+    for (i, part) in out.split(|&b| b == URI_PREFIX).enumerate() {
+        if i > 0 {
+            filled.extend_from_slice(prefix);
+        }
+        filled.extend_from_slice(part);
+    }
+    filled
+}
+
+type Reader<R> = LazyDataSetReader<DynStatefulDecoder<R>>;
 type WriteResult = Result<(), SeriesJsonError>;
 
+/// What the top-level data set says about the instance as a whole.
+#[derive(Debug, Default)]
+struct TopLevel {
+    sop_instance_uid: Option<String>,
+    instance_number: Option<i32>,
+    /// Rows (0028,0010) has a value: the instance is an image.
+    rows: bool,
+    /// Bits Allocated (0028,0100) is more than 8.
+    wide_pixels: bool,
+    /// Float or Double Float Pixel Data (7FE0,0008/0009) is present.
+    float_pixels: bool,
+}
+
+/// One open level of the data set tree.
+enum Frame {
+    /// A data set, top level or item: where its attributes start in `Writer::attributes`,
+    /// the highest tag seen, and whether a tag came after a higher one.
+    Object {
+        first: usize,
+        last: Option<Tag>,
+        unsorted: bool,
+    },
+    /// A sequence: its tag and how many items were written.
+    Sequence { tag: Tag, items: usize },
+}
+
+/// Appends DICOM JSON to a byte buffer while the data set is read.
+struct Writer {
+    out: Vec<u8>,
+    /// Whether BulkDataURIs are wanted.
+    bulk: bool,
+    /// The attributes of the open data sets, outermost first: tag and where it starts in
+    /// `out` (at its comma).
+    attributes: Vec<(Tag, usize)>,
+    /// Enclosing sequences: (sequence tag, item index), outermost first.
+    path: Vec<(Tag, usize)>,
+    frames: Vec<Frame>,
+    /// Open sequences being skipped (excluded attributes, nested encapsulated pixel data).
+    skipping: usize,
+    big_endian: bool,
+    encapsulated: bool,
+    charset: SpecificCharacterSet,
+    /// The declared character set is UTF-8, so valid UTF-8 needs no decoding.
+    utf8: bool,
+    /// Pixel Representation (0028,0103) said the pixels are signed.
+    signed_pixels: bool,
+    /// The value being written, as read.
+    value: Vec<u8>,
+    /// Little-endian value bytes and their base64.
+    scratch: Vec<u8>,
+    base64: String,
+    top: TopLevel,
+}
+
 impl Writer {
-    /// Writes one data set as a JSON object, adding the pixel data reference when asked.
-    fn object(&mut self, obj: &InMemDicomObject, mut pixel_vr: Option<VR>) -> WriteResult {
+    fn new(ts: &TransferSyntax, bulk: bool) -> Self {
+        Self {
+            out: Vec::with_capacity(4096),
+            bulk,
+            attributes: Vec::with_capacity(64),
+            path: Vec::new(),
+            frames: vec![Frame::Object {
+                first: 0,
+                last: None,
+                unsorted: false,
+            }],
+            skipping: 0,
+            big_endian: ts.endianness() == Endianness::Big,
+            encapsulated: matches!(ts.codec(), Codec::EncapsulatedPixelData(..)),
+            charset: SpecificCharacterSet::default(),
+            utf8: false,
+            signed_pixels: false,
+            value: Vec::with_capacity(256),
+            scratch: Vec::new(),
+            base64: String::new(),
+            top: TopLevel::default(),
+        }
+    }
+
+    /// Writes the whole data set, up to the top-level pixel data, as one JSON object.
+    fn data_set<R: Read>(&mut self, reader: &mut Reader<R>) -> WriteResult {
         self.out.push(b'{');
-        let mut first = true;
-        for elem in obj.iter() {
-            let tag = elem.tag();
-            if let Some(vr) = pixel_vr
-                && tag > tags::PIXEL_DATA
-            {
-                self.bulk_attribute(tags::PIXEL_DATA, vr, &mut first)?;
-                pixel_vr = None;
-            }
-            if !is_metadata(tag) {
+        while let Some(token) = reader.advance() {
+            let token = token?;
+            if self.skipping > 0 {
+                match token {
+                    LazyDataToken::SequenceStart { .. } | LazyDataToken::PixelSequenceStart => {
+                        self.skipping += 1;
+                    }
+                    LazyDataToken::SequenceEnd => self.skipping -= 1,
+                    value @ (LazyDataToken::LazyValue { .. }
+                    | LazyDataToken::LazyItemValue { .. }) => discard(value, None)?,
+                    _ => {}
+                }
                 continue;
             }
-            self.element(elem, &mut first)?;
+            match token {
+                LazyDataToken::ElementHeader(header) => {
+                    if self.reached_pixel_data(header.tag) {
+                        break;
+                    }
+                    self.check_order(header.tag)?;
+                    match reader.advance() {
+                        Some(value) => self.element(header, value?)?,
+                        None => return Err(SeriesJsonError::Structure("end of data")),
+                    }
+                }
+                LazyDataToken::SequenceStart { tag, .. } => {
+                    if self.reached_pixel_data(tag) {
+                        break;
+                    }
+                    self.check_order(tag)?;
+                    if is_metadata(tag) {
+                        self.open(tag, VR::SQ);
+                        self.frames.push(Frame::Sequence { tag, items: 0 });
+                    } else {
+                        self.skipping = 1;
+                    }
+                }
+                LazyDataToken::PixelSequenceStart => {
+                    if self.reached_pixel_data(tags::PIXEL_DATA) {
+                        break;
+                    }
+                    self.check_order(tags::PIXEL_DATA)?;
+                    self.bulk_attribute(tags::PIXEL_DATA, VR::OB);
+                    self.skipping = 1;
+                }
+                LazyDataToken::ItemStart { .. } => self.item_start()?,
+                LazyDataToken::ItemEnd => self.item_end()?,
+                LazyDataToken::SequenceEnd => self.sequence_end()?,
+                _ => return Err(SeriesJsonError::Structure("value without a header")),
+            }
         }
-        if let Some(vr) = pixel_vr {
-            self.bulk_attribute(tags::PIXEL_DATA, vr, &mut first)?;
+        if self.frames.len() > 1 || self.skipping > 0 {
+            return Err(SeriesJsonError::Structure("end of data inside a sequence"));
+        }
+        if let Some(vr) = self.synthesized_pixel_vr() {
+            self.bulk_attribute(tags::PIXEL_DATA, vr);
+        }
+        if let Some(Frame::Object {
+            first, unsorted, ..
+        }) = self.frames.pop()
+        {
+            self.close_attributes(first, unsorted);
         }
         self.out.push(b'}');
         Ok(())
     }
 
-    fn element(&mut self, elem: &InMemElement, first: &mut bool) -> WriteResult {
-        let tag = elem.tag();
-        match elem.value() {
-            Value::Sequence(seq) => {
-                // An undefined-length UN can be parsed as a sequence: its items are only
-                // valid JSON under SQ.
-                self.open(tag, VR::SQ, first);
-                let items = seq.items();
-                if !items.is_empty() {
-                    self.out.extend_from_slice(b",\"Value\":[");
-                    for (i, item) in items.iter().enumerate() {
-                        if i > 0 {
-                            self.out.push(b',');
-                        }
-                        self.path.push((tag, i));
-                        self.object(item, None)?;
-                        self.path.pop();
-                    }
-                    self.out.push(b']');
-                }
-                self.out.push(b'}');
-                Ok(())
-            }
-            Value::PixelSequence(_) => self.bulk_attribute(tag, VR::OB, first),
-            Value::Primitive(value) => self.primitive(tag, elem.vr(), value, first),
+    /// Ends a data set's attributes, sorting them by tag when the file had them out of order.
+    fn close_attributes(&mut self, first: usize, unsorted: bool) {
+        if !unsorted {
+            self.attributes.truncate(first);
+            return;
+        }
+        let attributes = self.attributes.split_off(first);
+        let start = attributes.first().map_or(self.out.len(), |a| a.1);
+        let written = self.out.split_off(start);
+        let ends = attributes
+            .iter()
+            .skip(1)
+            .map(|a| a.1)
+            .chain([start + written.len()]);
+        let mut fragments: Vec<(Tag, &[u8])> = attributes
+            .iter()
+            .zip(ends)
+            .map(|(&(tag, from), to)| {
+                let fragment = &written[from - start..to - start];
+                (tag, fragment.strip_prefix(b",").unwrap_or(fragment))
+            })
+            .collect();
+        // Reversed, so that the stable sort and dedup keep the last of a repeated tag.
+        fragments.reverse();
+        fragments.sort_by_key(|f| f.0);
+        fragments.dedup_by_key(|f| f.0);
+        for (i, (_, fragment)) in fragments.iter().enumerate() {
+            self.comma_unless_first(i);
+            self.out.extend_from_slice(fragment);
         }
     }
 
-    fn primitive(
+    /// Whether `tag` ends the top-level data set: the pixel data and what follows it.
+    fn reached_pixel_data(&self, tag: Tag) -> bool {
+        self.frames.len() == 1 && tag >= tags::PIXEL_DATA
+    }
+
+    fn check_order(&mut self, tag: Tag) -> WriteResult {
+        let Some(Frame::Object { last, unsorted, .. }) = self.frames.last_mut() else {
+            return Err(SeriesJsonError::Structure("attribute outside an item"));
+        };
+        if last.is_some_and(|last| last >= tag) {
+            *unsorted = true;
+        } else {
+            *last = Some(tag);
+        }
+        Ok(())
+    }
+
+    fn item_start(&mut self) -> WriteResult {
+        let Some(Frame::Sequence { tag, items }) = self.frames.last() else {
+            return Err(SeriesJsonError::Structure("item outside a sequence"));
+        };
+        let (tag, index) = (*tag, *items);
+        self.out
+            .extend_from_slice(if index == 0 { b",\"Value\":[{" } else { b",{" });
+        self.path.push((tag, index));
+        self.frames.push(Frame::Object {
+            first: self.attributes.len(),
+            last: None,
+            unsorted: false,
+        });
+        Ok(())
+    }
+
+    fn item_end(&mut self) -> WriteResult {
+        if self.frames.len() < 2 {
+            return Err(SeriesJsonError::Structure("item end outside an item"));
+        }
+        let Some(Frame::Object {
+            first, unsorted, ..
+        }) = self.frames.pop()
+        else {
+            return Err(SeriesJsonError::Structure("item end outside an item"));
+        };
+        self.close_attributes(first, unsorted);
+        let Some(Frame::Sequence { items, .. }) = self.frames.last_mut() else {
+            return Err(SeriesJsonError::Structure("item end outside a sequence"));
+        };
+        *items += 1;
+        self.path.pop();
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    fn sequence_end(&mut self) -> WriteResult {
+        let Some(Frame::Sequence { items, .. }) = self.frames.pop() else {
+            return Err(SeriesJsonError::Structure(
+                "sequence end outside a sequence",
+            ));
+        };
+        if items > 0 {
+            self.out.push(b']');
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    /// Writes one attribute with a value (or leaves it out), consuming the value token.
+    fn element<D: dicom_parser::StatefulDecode>(
         &mut self,
-        tag: Tag,
-        vr: VR,
-        value: &PrimitiveValue,
-        first: &mut bool,
+        header: DataElementHeader,
+        value: LazyDataToken<D>,
     ) -> WriteResult {
+        let tag = header.tag;
+        // As dicom-rs reads them: "US or SS" attributes are SS once pixels are signed.
+        let vr = if self.signed_pixels && is_us_or_ss(tag) {
+            VR::SS
+        } else {
+            header.vr
+        };
+        let len = header.len.0;
+        let top = self.frames.len() == 1;
+        if top && (tag == tags::FLOAT_PIXEL_DATA || tag == tags::DOUBLE_FLOAT_PIXEL_DATA) {
+            self.top.float_pixels = true;
+        }
+        if !is_metadata(tag) {
+            return discard(value, Some(header));
+        }
+        if is_binary(vr) && (is_pixel_data(tag) || len as usize > INLINE_BINARY_MAX_BYTES) {
+            discard(value, Some(header))?;
+            self.bulk_attribute(tag, vr);
+            return Ok(());
+        }
+        let mut bytes = std::mem::take(&mut self.value);
+        bytes.clear();
+        let read = value.read_value_into(&mut bytes);
+        let result = read.map_err(SeriesJsonError::from).and_then(|()| {
+            check_length(&header, bytes.len() as u64)?;
+            if top {
+                self.note_top_level(tag, vr, &bytes)?;
+            }
+            if tag == tags::SPECIFIC_CHARACTER_SET {
+                self.set_charset(tag, &bytes)?;
+            }
+            if tag == tags::PIXEL_REPRESENTATION && vr == VR::US {
+                let first = words(&bytes, self.big_endian).next();
+                self.signed_pixels = first.is_some_and(|w| u16::from_le_bytes(w) != 0);
+            }
+            self.primitive(tag, vr, &bytes)
+        });
+        self.value = bytes;
+        result
+    }
+
+    /// Keeps what the document needs to know of the instance from its top-level values.
+    fn note_top_level(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
+        match (tag, vr) {
+            (tags::SOP_INSTANCE_UID, VR::UI) => {
+                let text = self.text(tag, VR::UI, bytes)?;
+                let first = text.split('\\').next().unwrap_or_default();
+                self.top.sop_instance_uid = Some(trim_padding(first).trim().to_owned());
+            }
+            (tags::INSTANCE_NUMBER, VR::IS) => {
+                let text = self.text(tag, VR::IS, bytes)?;
+                let first = text.split('\\').next().unwrap_or_default();
+                self.top.instance_number = first.trim().parse().ok();
+            }
+            (tags::ROWS, _) => self.top.rows = !bytes.is_empty(),
+            (tags::BITS_ALLOCATED, VR::US) => {
+                let first = words(bytes, self.big_endian).next();
+                self.top.wide_pixels = first.map(u16::from_le_bytes) > Some(8);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Switches the character set as dicom-rs does: to the first value, when known.
+    fn set_charset(&mut self, tag: Tag, bytes: &[u8]) -> WriteResult {
+        let text = self.text(tag, VR::CS, bytes)?;
+        let first = text.split('\\').next().unwrap_or_default();
+        if let Some(charset) = SpecificCharacterSet::from_code(first) {
+            self.utf8 = charset == SpecificCharacterSet::ISO_IR_192;
+            self.charset = charset;
+        }
+        Ok(())
+    }
+
+    /// The VR of the pixel data BulkDataURI to add, when the instance is an image read
+    /// without it.
+    fn synthesized_pixel_vr(&self) -> Option<VR> {
+        if !self.bulk || self.top.float_pixels || !self.top.rows {
+            return None;
+        }
+        Some(if !self.encapsulated && self.top.wide_pixels {
+            VR::OW
+        } else {
+            VR::OB
+        })
+    }
+
+    fn primitive(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
         match vr {
             VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN => {
-                self.binary(tag, vr, value, first)
+                self.inline_binary(tag, vr, bytes);
+                Ok(())
             }
             VR::SQ => {
-                self.open(tag, vr, first);
+                self.open(tag, vr);
                 self.out.push(b'}');
                 Ok(())
             }
-            VR::PN => self.person_names(tag, value, first),
-            VR::IS | VR::US | VR::SS | VR::UL | VR::SL | VR::SV | VR::UV => {
-                self.numbers(tag, vr, value, Number::Int, first)
+            VR::PN => {
+                let text = self.text(tag, vr, bytes)?;
+                self.person_names(tag, &text)
             }
-            VR::DS | VR::FL | VR::FD => self.numbers(tag, vr, value, Number::Float, first),
-            VR::AT => self.tags(tag, value, first),
-            VR::LT | VR::ST | VR::UT | VR::UR => self.single_text(tag, vr, value, first),
+            VR::IS => {
+                let text = self.text(tag, vr, bytes)?;
+                self.text_numbers(tag, vr, &text, Number::Int)
+            }
+            VR::DS => {
+                let text = self.text(tag, vr, bytes)?;
+                self.text_numbers(tag, vr, &text, Number::Float)
+            }
+            VR::US | VR::SS | VR::UL | VR::SL | VR::SV | VR::UV | VR::FL | VR::FD => {
+                self.binary_numbers(tag, vr, bytes)
+            }
+            VR::AT => {
+                self.tags(tag, bytes);
+                Ok(())
+            }
+            VR::LT | VR::ST | VR::UT | VR::UR => {
+                let text = self.text(tag, vr, bytes)?;
+                self.single_text(tag, vr, &text)
+            }
             VR::AE
             | VR::AS
             | VR::CS
@@ -335,16 +651,54 @@ impl Writer {
             | VR::SH
             | VR::TM
             | VR::UC
-            | VR::UI => self.multi_text(tag, vr, value, first),
+            | VR::UI => {
+                let text = self.text(tag, vr, bytes)?;
+                self.multi_text(tag, vr, &text)
+            }
         }
     }
 
+    /// The value's text: borrowed when it needs no decoding, else decoded like dicom-rs
+    /// does (each backslash-separated part on its own; AE AS CS UR in the default set).
+    fn text<'a>(&self, tag: Tag, vr: VR, bytes: &'a [u8]) -> Result<Cow<'a, str>, SeriesJsonError> {
+        let declared = !matches!(vr, VR::AE | VR::AS | VR::CS | VR::UR);
+        // Every supported character set reads ASCII as ASCII, except ISO 2022 escapes.
+        if !bytes.contains(&0x1B)
+            && let Ok(text) = std::str::from_utf8(bytes)
+            && (text.is_ascii() || (declared && self.utf8))
+        {
+            return Ok(Cow::Borrowed(text));
+        }
+        let default_charset;
+        let charset = if declared {
+            &self.charset
+        } else {
+            default_charset = SpecificCharacterSet::default();
+            &default_charset
+        };
+        let decode = |part: &[u8]| {
+            charset
+                .decode(part)
+                .map_err(|source| SeriesJsonError::Text { tag, source })
+        };
+        if matches!(vr, VR::LT | VR::ST | VR::UT | VR::UR) {
+            return decode(bytes).map(Cow::Owned);
+        }
+        let parts: Vec<String> = bytes
+            .split(|&b| b == b'\\')
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        Ok(Cow::Owned(parts.join("\\")))
+    }
+
     /// Writes `"GGGGEEEE":{"vr":"XX"`, preceded by a comma unless it is the first key.
-    fn open(&mut self, tag: Tag, vr: VR, first: &mut bool) {
-        if !*first {
+    fn open(&mut self, tag: Tag, vr: VR) {
+        self.attributes.push((tag, self.out.len()));
+        if let Some(Frame::Object { first, .. }) = self.frames.last()
+            && self.attributes.len() > *first + 1
+        {
             self.out.push(b',');
         }
-        *first = false;
         self.out.push(b'"');
         self.out.extend_from_slice(&hex_tag(tag));
         self.out.extend_from_slice(b"\":{\"vr\":\"");
@@ -352,65 +706,63 @@ impl Writer {
         self.out.push(b'"');
     }
 
-    fn binary(
-        &mut self,
-        tag: Tag,
-        vr: VR,
-        value: &PrimitiveValue,
-        first: &mut bool,
-    ) -> WriteResult {
-        let len = value.calculate_byte_len();
-        if len == 0 {
-            self.open(tag, vr, first);
-            self.out.push(b'}');
-            return Ok(());
+    /// Writes a short binary value as base64 (little-endian words), or `{"vr":…}` when empty.
+    fn inline_binary(&mut self, tag: Tag, vr: VR, bytes: &[u8]) {
+        self.open(tag, vr);
+        if !bytes.is_empty() {
+            let word = match vr {
+                VR::OW => 2,
+                VR::OF | VR::OL => 4,
+                VR::OD | VR::OV => 8,
+                _ => 1,
+            };
+            let le = if self.big_endian && word > 1 {
+                self.scratch.clear();
+                for chunk in bytes.chunks(word) {
+                    self.scratch.extend(chunk.iter().rev());
+                }
+                &self.scratch[..]
+            } else {
+                bytes
+            };
+            self.base64.clear();
+            BASE64.encode_string(le, &mut self.base64);
+            self.out.extend_from_slice(b",\"InlineBinary\":\"");
+            // The base64 alphabet needs no JSON escaping.
+            self.out.extend_from_slice(self.base64.as_bytes());
+            self.out.push(b'"');
         }
-        if is_pixel_data(tag) || len > INLINE_BINARY_MAX_BYTES {
-            return self.bulk_attribute(tag, vr, first);
-        }
-        self.open(tag, vr, first);
-        little_endian_bytes(value, &mut self.scratch);
-        self.base64.clear();
-        BASE64.encode_string(&self.scratch, &mut self.base64);
-        self.out.extend_from_slice(b",\"InlineBinary\":\"");
-        // The base64 alphabet needs no JSON escaping.
-        self.out.extend_from_slice(self.base64.as_bytes());
-        self.out.extend_from_slice(b"\"}");
-        Ok(())
-    }
-
-    /// Writes a BulkDataURI attribute, or nothing when no base URL is configured.
-    fn bulk_attribute(&mut self, tag: Tag, vr: VR, first: &mut bool) -> WriteResult {
-        let Some(prefix) = &self.bulk_prefix else {
-            return Ok(());
-        };
-        let mut uri = String::with_capacity(prefix.len() + 10 + self.path.len() * 16);
-        uri.push_str(prefix);
-        for (seq, item) in &self.path {
-            uri.push('/');
-            uri.push_str(hex_tag_str(*seq).as_str());
-            uri.push('/');
-            uri.push_str(&item.to_string());
-        }
-        uri.push('/');
-        uri.push_str(hex_tag_str(tag).as_str());
-        self.open(tag, vr, first);
-        self.out.extend_from_slice(b",\"BulkDataURI\":");
-        serde_json::to_writer(&mut self.out, &uri)?;
         self.out.push(b'}');
-        Ok(())
     }
 
-    fn person_names(&mut self, tag: Tag, value: &PrimitiveValue, first: &mut bool) -> WriteResult {
-        let texts = texts(value);
-        let values = || split_values(&texts).map(trim_padding);
-        self.open(tag, VR::PN, first);
+    /// Writes a BulkDataURI attribute, or nothing when no base URL is configured. The URI's
+    /// prefix goes in when the object is finished, once the SOP Instance UID is known.
+    fn bulk_attribute(&mut self, tag: Tag, vr: VR) {
+        if !self.bulk {
+            return;
+        }
+        self.open(tag, vr);
+        self.out.extend_from_slice(b",\"BulkDataURI\":\"");
+        self.out.push(URI_PREFIX);
+        for (seq, item) in &self.path {
+            self.out.push(b'/');
+            self.out.extend_from_slice(&hex_tag(*seq));
+            self.out.push(b'/');
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(*item).as_bytes());
+        }
+        self.out.push(b'/');
+        self.out.extend_from_slice(&hex_tag(tag));
+        self.out.extend_from_slice(b"\"}");
+    }
+
+    fn person_names(&mut self, tag: Tag, text: &str) -> WriteResult {
+        let values = || text.split('\\').map(trim_padding);
+        self.open(tag, VR::PN);
         if !only_empty(values(), pn_is_empty) {
             self.out.extend_from_slice(b",\"Value\":[");
             for (i, name) in values().enumerate() {
-                if i > 0 {
-                    self.out.push(b',');
-                }
+                self.comma_unless_first(i);
                 self.person_name(name)?;
             }
             self.out.push(b']');
@@ -448,79 +800,55 @@ impl Writer {
         Ok(())
     }
 
-    fn numbers(
-        &mut self,
-        tag: Tag,
-        vr: VR,
-        value: &PrimitiveValue,
-        kind: Number,
-        first: &mut bool,
-    ) -> WriteResult {
-        self.open(tag, vr, first);
-        match value {
-            PrimitiveValue::Empty => {}
-            PrimitiveValue::U8(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::U16(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::I16(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::U32(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::I32(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::U64(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::I64(v) => self.int_values(v.iter().map(|&x| i128::from(x)))?,
-            PrimitiveValue::F32(v) if !v.is_empty() => {
-                self.out.extend_from_slice(b",\"Value\":[");
-                for (i, &x) in v.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b',');
+    /// Writes US SS UL SL SV UV FL or FD values, read in the transfer syntax's byte order.
+    fn binary_numbers(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
+        self.open(tag, vr);
+        let size = match vr {
+            VR::US | VR::SS => 2,
+            VR::UL | VR::SL | VR::FL => 4,
+            _ => 8,
+        };
+        if bytes.len() >= size {
+            let be = self.big_endian;
+            self.out.extend_from_slice(b",\"Value\":[");
+            match vr {
+                VR::US => self.ints(words(bytes, be).map(|w| u16::from_le_bytes(w).into()))?,
+                VR::SS => self.ints(words(bytes, be).map(|w| i16::from_le_bytes(w).into()))?,
+                VR::UL => self.ints(words(bytes, be).map(|w| u32::from_le_bytes(w).into()))?,
+                VR::SL => self.ints(words(bytes, be).map(|w| i32::from_le_bytes(w).into()))?,
+                VR::SV => self.ints(words(bytes, be).map(|w| i64::from_le_bytes(w).into()))?,
+                VR::UV => self.ints(words(bytes, be).map(|w| u64::from_le_bytes(w).into()))?,
+                VR::FL => {
+                    for (i, x) in words(bytes, be).map(f32::from_le_bytes).enumerate() {
+                        self.comma_unless_first(i);
+                        self.f32(x)?;
                     }
-                    self.f32(x)?;
                 }
-                self.out.push(b']');
-            }
-            PrimitiveValue::F64(v) if !v.is_empty() => {
-                self.out.extend_from_slice(b",\"Value\":[");
-                for (i, &x) in v.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b',');
+                _ => {
+                    for (i, x) in words(bytes, be).map(f64::from_le_bytes).enumerate() {
+                        self.comma_unless_first(i);
+                        self.f64(x)?;
                     }
-                    self.f64(x)?;
-                }
-                self.out.push(b']');
-            }
-            PrimitiveValue::F32(_) | PrimitiveValue::F64(_) => {}
-            _ => {
-                // Files hold IS and DS as text; other VRs get here only from unusual
-                // in-memory values, which the text path handles too.
-                let texts = texts(value);
-                let values = || split_values(&texts).map(str::trim);
-                if !only_empty(values(), str::is_empty) {
-                    self.out.extend_from_slice(b",\"Value\":[");
-                    for (i, text) in values().enumerate() {
-                        if i > 0 {
-                            self.out.push(b',');
-                        }
-                        self.number_text(text, kind)?;
-                    }
-                    self.out.push(b']');
                 }
             }
+            self.out.push(b']');
         }
         self.out.push(b'}');
         Ok(())
     }
 
-    fn int_values(&mut self, values: impl ExactSizeIterator<Item = i128>) -> WriteResult {
-        if values.len() == 0 {
-            return Ok(());
-        }
-        self.out.extend_from_slice(b",\"Value\":[");
+    fn ints(&mut self, values: impl Iterator<Item = i128>) -> WriteResult {
         for (i, x) in values.enumerate() {
-            if i > 0 {
-                self.out.push(b',');
-            }
+            self.comma_unless_first(i);
             self.int(x)?;
         }
-        self.out.push(b']');
         Ok(())
+    }
+
+    fn comma_unless_first(&mut self, index: usize) {
+        if index > 0 {
+            self.out.push(b',');
+        }
     }
 
     /// Writes an integer, as a string when a double cannot hold it exactly.
@@ -528,7 +856,8 @@ impl Writer {
         if let Ok(small) = i64::try_from(x)
             && small.unsigned_abs() <= MAX_EXACT_JSON_INT
         {
-            serde_json::to_writer(&mut self.out, &small)?;
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(small).as_bytes());
         } else {
             serde_json::to_writer(&mut self.out, &x.to_string())?;
         }
@@ -539,20 +868,36 @@ impl Writer {
     fn f64(&mut self, x: f64) -> WriteResult {
         if x.fract() == 0.0 && x.abs() <= MAX_EXACT_JSON_INT as f64 {
             // Exact: the value is integral and within ±2^53.
-            serde_json::to_writer(&mut self.out, &(x as i64))?;
+            self.int(i128::from(x as i64))
         } else {
             serde_json::to_writer(&mut self.out, &x)?;
+            Ok(())
         }
-        Ok(())
     }
 
     /// Writes a float in its shortest single-precision form, like [`Writer::f64`].
     fn f32(&mut self, x: f32) -> WriteResult {
         if x.fract() == 0.0 && f64::from(x).abs() <= MAX_EXACT_JSON_INT as f64 {
-            serde_json::to_writer(&mut self.out, &(x as i64))?;
+            self.int(i128::from(x as i64))
         } else {
             serde_json::to_writer(&mut self.out, &x)?;
+            Ok(())
         }
+    }
+
+    /// Writes IS or DS values: numbers, `null` when empty, the text itself when unparsable.
+    fn text_numbers(&mut self, tag: Tag, vr: VR, text: &str, kind: Number) -> WriteResult {
+        let values = || text.split('\\').map(str::trim);
+        self.open(tag, vr);
+        if !only_empty(values(), str::is_empty) {
+            self.out.extend_from_slice(b",\"Value\":[");
+            for (i, value) in values().enumerate() {
+                self.comma_unless_first(i);
+                self.number_text(value, kind)?;
+            }
+            self.out.push(b']');
+        }
+        self.out.push(b'}');
         Ok(())
     }
 
@@ -580,45 +925,29 @@ impl Writer {
         Ok(())
     }
 
-    fn tags(&mut self, tag: Tag, value: &PrimitiveValue, first: &mut bool) -> WriteResult {
-        let PrimitiveValue::Tags(values) = value else {
-            // Not the parser's form for AT: fall back to the value's text.
-            return self.multi_text(tag, VR::AT, value, first);
-        };
-        self.open(tag, VR::AT, first);
-        if !values.is_empty() {
+    /// Writes AT values: (group, element) pairs as 8 hex digits.
+    fn tags(&mut self, tag: Tag, bytes: &[u8]) {
+        self.open(tag, VR::AT);
+        if bytes.len() >= 4 {
             self.out.extend_from_slice(b",\"Value\":[");
-            for (i, &t) in values.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(b',');
-                }
+            for (i, pair) in bytes.chunks_exact(4).enumerate() {
+                let mut halves = words::<2>(pair, self.big_endian).map(u16::from_le_bytes);
+                let (group, element) = (halves.next(), halves.next());
+                let (group, element) = (group.unwrap_or_default(), element.unwrap_or_default());
+                self.comma_unless_first(i);
                 self.out.push(b'"');
-                self.out.extend_from_slice(&hex_tag(t));
+                self.out.extend_from_slice(&hex_tag(Tag(group, element)));
                 self.out.push(b'"');
             }
             self.out.push(b']');
         }
         self.out.push(b'}');
-        Ok(())
     }
 
     /// Writes LT, ST, UT or UR: one value, backslashes kept.
-    fn single_text(
-        &mut self,
-        tag: Tag,
-        vr: VR,
-        value: &PrimitiveValue,
-        first: &mut bool,
-    ) -> WriteResult {
-        let texts = texts(value);
-        let text: Cow<'_, str> = match &texts[..] {
-            [] => Cow::Borrowed(""),
-            [one] => Cow::Borrowed(one.as_str()),
-            // Several strings only come from an in-memory object: they were one value.
-            many => Cow::Owned(many.join("\\")),
-        };
-        let text = trim_padding(&text);
-        self.open(tag, vr, first);
+    fn single_text(&mut self, tag: Tag, vr: VR, text: &str) -> WriteResult {
+        let text = trim_padding(text);
+        self.open(tag, vr);
         if !text.is_empty() {
             self.out.extend_from_slice(b",\"Value\":[");
             serde_json::to_writer(&mut self.out, text)?;
@@ -628,26 +957,17 @@ impl Writer {
         Ok(())
     }
 
-    fn multi_text(
-        &mut self,
-        tag: Tag,
-        vr: VR,
-        value: &PrimitiveValue,
-        first: &mut bool,
-    ) -> WriteResult {
-        let texts = texts(value);
-        let values = || split_values(&texts).map(trim_padding);
-        self.open(tag, vr, first);
+    fn multi_text(&mut self, tag: Tag, vr: VR, text: &str) -> WriteResult {
+        let values = || text.split('\\').map(trim_padding);
+        self.open(tag, vr);
         if !only_empty(values(), str::is_empty) {
             self.out.extend_from_slice(b",\"Value\":[");
-            for (i, text) in values().enumerate() {
-                if i > 0 {
-                    self.out.push(b',');
-                }
-                if text.is_empty() {
+            for (i, value) in values().enumerate() {
+                self.comma_unless_first(i);
+                if value.is_empty() {
                     self.out.extend_from_slice(b"null");
                 } else {
-                    serde_json::to_writer(&mut self.out, text)?;
+                    serde_json::to_writer(&mut self.out, value)?;
                 }
             }
             self.out.push(b']');
@@ -657,10 +977,74 @@ impl Writer {
     }
 }
 
+/// The value's `N`-byte words, made little-endian whatever the transfer syntax.
+fn words<const N: usize>(bytes: &[u8], big_endian: bool) -> impl Iterator<Item = [u8; N]> {
+    bytes.chunks_exact(N).map(move |chunk| {
+        let mut word: [u8; N] = chunk.try_into().expect("chunks_exact yields N bytes");
+        if big_endian {
+            word.reverse();
+        }
+        word
+    })
+}
+
+/// Consumes a value token unread, checking that the stream holds all of it.
+fn discard<D: dicom_parser::StatefulDecode>(
+    value: LazyDataToken<D>,
+    header: Option<DataElementHeader>,
+) -> WriteResult {
+    let mut counted = ByteCount(0);
+    value.read_value_into(&mut counted)?;
+    match header {
+        Some(header) => check_length(&header, counted.0),
+        None => Ok(()),
+    }
+}
+
+fn check_length(header: &DataElementHeader, read: u64) -> WriteResult {
+    if read == u64::from(header.len.0) {
+        Ok(())
+    } else {
+        Err(SeriesJsonError::Truncated {
+            tag: header.tag,
+            read,
+            len: header.len.0,
+        })
+    }
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Number {
     Int,
     Float,
+}
+
+/// Whether the dictionary gives the attribute "US or SS", as Smallest Image Pixel Value.
+fn is_us_or_ss(tag: Tag) -> bool {
+    StandardDataDictionary
+        .by_tag(tag)
+        .is_some_and(|entry| entry.vr == VirtualVr::Xs)
+}
+
+fn is_binary(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
+    )
 }
 
 /// Whether an attribute belongs in metadata: not file meta, group length or padding.
@@ -684,28 +1068,9 @@ fn hex_tag(tag: Tag) -> [u8; 8] {
     out
 }
 
-fn hex_tag_str(tag: Tag) -> String {
-    hex_tag(tag).iter().map(|&b| char::from(b)).collect()
-}
-
 /// Removes trailing padding: spaces, and the NULs that pad UIs (and that some writers misuse).
 fn trim_padding(text: &str) -> &str {
     text.trim_end_matches([' ', '\0'])
-}
-
-/// The value's strings: borrowed as the parser stores them, formatted for other forms.
-fn texts(value: &PrimitiveValue) -> Cow<'_, [String]> {
-    match value {
-        PrimitiveValue::Empty => Cow::Borrowed(&[]),
-        PrimitiveValue::Str(s) => Cow::Borrowed(std::slice::from_ref(s)),
-        PrimitiveValue::Strs(v) => Cow::Borrowed(&v[..]),
-        other => other.to_multi_str(),
-    }
-}
-
-/// Every value, splitting strings that hold several backslash-separated values.
-fn split_values(texts: &[String]) -> impl Iterator<Item = &str> {
-    texts.iter().flat_map(|s| s.split('\\'))
 }
 
 /// Whether the attribute has no value, or exactly one that `is_empty` calls empty.
@@ -726,65 +1091,16 @@ fn pn_group_is_empty(group: &str) -> bool {
     group.bytes().all(|b| b == b'^' || b == b' ')
 }
 
-fn first_text(value: &PrimitiveValue) -> Option<&str> {
-    match value {
-        PrimitiveValue::Str(s) => Some(trim_padding(s)),
-        PrimitiveValue::Strs(v) => v.first().map(|s| trim_padding(s)),
-        _ => None,
-    }
-}
-
-fn first_i32(value: &PrimitiveValue) -> Option<i32> {
-    match value {
-        PrimitiveValue::Str(_) | PrimitiveValue::Strs(_) => {
-            let text = texts(value);
-            split_values(&text).next()?.trim().parse().ok()
-        }
-        PrimitiveValue::U16(v) => v.first().map(|&x| i32::from(x)),
-        PrimitiveValue::I16(v) => v.first().map(|&x| i32::from(x)),
-        PrimitiveValue::I32(v) => v.first().copied(),
-        PrimitiveValue::U32(v) => v.first().and_then(|&x| i32::try_from(x).ok()),
-        PrimitiveValue::I64(v) => v.first().and_then(|&x| i32::try_from(x).ok()),
-        PrimitiveValue::U64(v) => v.first().and_then(|&x| i32::try_from(x).ok()),
-        _ => None,
-    }
-}
-
-/// The value's bytes as DICOM JSON wants them: little endian, whatever the host.
-fn little_endian_bytes(value: &PrimitiveValue, out: &mut Vec<u8>) {
-    // Every numeric type writes its values one after the other, little-endian.
-    macro_rules! little_endian {
-        ($values:expr) => {
-            $values
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
-        };
-    }
-    out.clear();
-    match value {
-        PrimitiveValue::U8(v) => out.extend_from_slice(v),
-        PrimitiveValue::U16(v) => little_endian!(v),
-        PrimitiveValue::I16(v) => little_endian!(v),
-        PrimitiveValue::U32(v) => little_endian!(v),
-        PrimitiveValue::I32(v) => little_endian!(v),
-        PrimitiveValue::U64(v) => little_endian!(v),
-        PrimitiveValue::I64(v) => little_endian!(v),
-        PrimitiveValue::F32(v) => little_endian!(v),
-        PrimitiveValue::F64(v) => little_endian!(v),
-        other => out.extend_from_slice(&other.to_bytes()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::hint::black_box;
     use std::path::{Path, PathBuf};
-    use std::time::{Duration, Instant};
 
-    use dicom_core::value::{C, DataSetSequence};
+    use dicom_core::value::{C, DataSetSequence, PixelFragmentSequence, PrimitiveValue};
     use dicom_core::{DataElement, dicom_value};
+    use dicom_dictionary_std::uids;
     use dicom_json::DicomJson;
-    use dicom_object::{DefaultDicomObject, OpenFileOptions};
+    use dicom_object::mem::InMemElement;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
     use serde_json::{Value as Json, json};
 
     use super::*;
@@ -824,9 +1140,31 @@ mod tests {
         path
     }
 
-    fn convert(file: &DefaultDicomObject, base: Option<&str>) -> InstanceJson {
-        let pixels = PixelEncoding::from_transfer_syntax(file.meta().transfer_syntax());
-        instance_json(file, STUDY, SERIES, pixels, &opts(base)).expect("instance_json")
+    fn convert(path: &Path, base: Option<&str>) -> InstanceJson {
+        read_instance(path, STUDY, SERIES, &opts(base)).expect("read_instance")
+    }
+
+    /// The object as a Part-10 stream in transfer syntax `ts`.
+    fn part10(obj: &InMemDicomObject, ts: &str) -> Vec<u8> {
+        let meta = FileMetaTableBuilder::new()
+            .transfer_syntax(ts)
+            .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid(SOP)
+            .build()
+            .expect("file meta");
+        // Exact: the meta group keeps its valid UID whatever the data set holds.
+        let file = obj.clone().with_exact_meta(meta);
+        let mut bytes = Vec::new();
+        file.write_all(&mut bytes).expect("write Part 10");
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8], base: Option<&str>) -> Result<InstanceJson, SeriesJsonError> {
+        instance_json(bytes, STUDY, SERIES, &opts(base))
+    }
+
+    fn explicit_le(obj: &InMemDicomObject) -> InstanceJson {
+        from_bytes(&part10(obj, uids::EXPLICIT_VR_LITTLE_ENDIAN), None).expect("instance_json")
     }
 
     fn parse(bytes: &[u8]) -> Json {
@@ -837,8 +1175,7 @@ mod tests {
     fn fixture_json(base: Option<&str>) -> Json {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = write_fixture(dir.path(), &ct(SOP, Some(7)));
-        let file = read_instance(&path).expect("read fixture");
-        parse(convert(&file, base).as_bytes())
+        parse(convert(&path, base).as_bytes())
     }
 
     fn in_memory(elements: Vec<InMemElement>) -> InMemDicomObject {
@@ -852,10 +1189,8 @@ mod tests {
     }
 
     fn memory_json(elements: Vec<InMemElement>, base: Option<&str>) -> Json {
-        let obj = in_memory(elements);
-        let instance = instance_json(&obj, STUDY, SERIES, PixelEncoding::Native, &opts(base))
-            .expect("instance_json");
-        parse(instance.as_bytes())
+        let bytes = part10(&in_memory(elements), uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        parse(from_bytes(&bytes, base).expect("instance_json").as_bytes())
     }
 
     fn element(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> InMemElement {
@@ -1024,24 +1359,6 @@ mod tests {
     }
 
     #[test]
-    fn pixel_data_read_in_full_is_never_inlined() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = write_fixture(dir.path(), &ct(SOP, Some(1)));
-        let file = OpenFileOptions::new()
-            .open_file(&path)
-            .expect("read whole file");
-        assert!(file.get(tags::PIXEL_DATA).is_some(), "pixel data was read");
-
-        let without = parse(convert(&file, None).as_bytes());
-        assert!(without.get("7FE00010").is_none());
-        let with = parse(convert(&file, Some(BASE)).as_bytes());
-        assert_eq!(
-            with["7FE00010"],
-            json!({"vr": "OW", "BulkDataURI": format!("{PREFIX}/7FE00010")})
-        );
-    }
-
-    #[test]
     fn pixel_data_vr_follows_encoding_and_bits_allocated() {
         let image = |bits: u16| {
             in_memory(vec![
@@ -1049,33 +1366,17 @@ mod tests {
                 element(tags::BITS_ALLOCATED, VR::US, bits),
             ])
         };
-        let vr = |obj: &InMemDicomObject, pixels| {
-            let instance = instance_json(obj, STUDY, SERIES, pixels, &opts(Some(BASE)))
-                .expect("instance_json");
+        let vr = |obj: &InMemDicomObject, ts: &str| {
+            let instance = from_bytes(&part10(obj, ts), Some(BASE)).expect("instance_json");
             parse(instance.as_bytes())["7FE00010"]["vr"].clone()
         };
-        assert_eq!(vr(&image(16), PixelEncoding::Native), "OW");
-        assert_eq!(vr(&image(8), PixelEncoding::Native), "OB");
-        assert_eq!(vr(&image(16), PixelEncoding::Encapsulated), "OB");
+        let native = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        assert_eq!(vr(&image(16), native), "OW");
+        assert_eq!(vr(&image(16), uids::IMPLICIT_VR_LITTLE_ENDIAN), "OW");
+        assert_eq!(vr(&image(8), native), "OB");
+        assert_eq!(vr(&image(16), uids::JPEG2000), "OB", "encapsulated");
         let not_image = in_memory(vec![element(tags::MODALITY, VR::CS, "SR")]);
-        assert_eq!(
-            vr(&not_image, PixelEncoding::Native),
-            Json::Null,
-            "no Rows, no pixel data"
-        );
-
-        assert_eq!(
-            PixelEncoding::from_transfer_syntax("1.2.840.10008.1.2.1\0"),
-            PixelEncoding::Native
-        );
-        assert_eq!(
-            PixelEncoding::from_transfer_syntax("1.2.840.10008.1.2"),
-            PixelEncoding::Native
-        );
-        assert_eq!(
-            PixelEncoding::from_transfer_syntax("1.2.840.10008.1.2.4.90"),
-            PixelEncoding::Encapsulated
-        );
+        assert_eq!(vr(&not_image, native), Json::Null, "no Rows, no pixel data");
     }
 
     #[test]
@@ -1091,7 +1392,7 @@ mod tests {
             .iter()
             .map(|(sop, number)| {
                 let path = write_fixture(dir.path(), &ct(sop, *number));
-                convert(&read_instance(&path).expect("read"), Some(BASE))
+                convert(&path, Some(BASE))
             })
             .collect();
         let document = series_document(instances);
@@ -1131,8 +1432,7 @@ mod tests {
             if let Some(number) = number {
                 obj.put(element(tags::INSTANCE_NUMBER, VR::IS, number));
             }
-            instance_json(&obj, STUDY, SERIES, PixelEncoding::Native, &opts(None))
-                .expect("instance_json")
+            explicit_le(&obj)
         };
         let document = series_document(vec![
             instance("9.9", None),
@@ -1260,8 +1560,15 @@ mod tests {
             ),
             DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(5_i32)),
         ]);
-        let instance = instance_json(&obj, STUDY, SERIES, PixelEncoding::Native, &opts(None))
-            .expect("instance_json");
+        let instance = explicit_le(&obj);
+        let big_endian = part10(&obj, "1.2.840.10008.1.2.2");
+        assert_eq!(
+            from_bytes(&big_endian, None)
+                .expect("big endian")
+                .as_bytes(),
+            instance.as_bytes(),
+            "the same values from a big-endian file"
+        );
         let text = String::from_utf8(instance.as_bytes().to_vec()).expect("UTF-8");
         assert!(
             text.contains(r#""Value":[0.1]"#),
@@ -1285,6 +1592,7 @@ mod tests {
     fn person_names_become_group_objects() {
         let json = memory_json(
             vec![
+                element(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
                 element(tags::PATIENT_NAME, VR::PN, "Doe^John"),
                 element(
                     tags::PERFORMING_PHYSICIAN_NAME,
@@ -1389,6 +1697,104 @@ mod tests {
     }
 
     #[test]
+    fn text_is_decoded_in_the_declared_character_set() {
+        let json = memory_json(
+            vec![
+                element(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+                element(tags::INSTITUTION_NAME, VR::LO, "Zürich\\Genève"),
+                element(tags::PATIENT_NAME, VR::PN, "Müller^Jürg"),
+                element(tags::PATIENT_COMMENTS, VR::LT, "naïve\\text"),
+            ],
+            None,
+        );
+        assert_eq!(json["00080080"]["Value"], json!(["Zürich", "Genève"]));
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Müller^Jürg"}])
+        );
+        assert_eq!(json["00104000"]["Value"], json!(["naïve\\text"]));
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_in_an_item_is_skipped_to_the_next_attribute() {
+        let icon = InMemDicomObject::from_element_iter([
+            element(tags::ROWS, VR::US, 2_u16),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new(vec![0], vec![vec![1, 2, 3, 4]]),
+            ),
+        ]);
+        let obj = in_memory(vec![
+            DataElement::new(
+                tags::ICON_IMAGE_SEQUENCE,
+                VR::SQ,
+                DataSetSequence::from(vec![icon]),
+            ),
+            element(tags::ROWS, VR::US, 512_u16),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new(vec![0], vec![vec![9; 64]]),
+            ),
+        ]);
+        let bytes = part10(&obj, uids::JPEG2000);
+        let json = parse(from_bytes(&bytes, Some(BASE)).expect("converts").as_bytes());
+        assert_structure(&json);
+        let item = &json["00880200"]["Value"][0];
+        assert_eq!(
+            item["7FE00010"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00880200/0/7FE00010")})
+        );
+        assert_eq!(
+            json["00280010"]["Value"],
+            json!([512]),
+            "read on after the icon"
+        );
+        assert_eq!(
+            json["7FE00010"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/7FE00010")})
+        );
+    }
+
+    #[test]
+    fn attributes_out_of_order_are_sorted_and_the_last_repeat_wins() {
+        // Explicit VR little endian elements after the file's (0008,0018) and (0018,0088):
+        // (0008,0016) UI "1.2", (0008,0018) UI "1.3" again, and an item whose (0008,1155)
+        // precedes its (0008,1150).
+        let obj = in_memory(vec![element(tags::SPACING_BETWEEN_SLICES, VR::DS, "2")]);
+        let mut bytes = part10(&obj, uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        let ui = |element: u8, value: &[u8; 4]| {
+            let mut bytes = vec![8, 0, element, 0x11, b'U', b'I', 4, 0];
+            bytes.extend_from_slice(value);
+            bytes
+        };
+        bytes.extend_from_slice(&[8, 0, 0x16, 0, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        bytes.extend_from_slice(&[8, 0, 0x18, 0, b'U', b'I', 4, 0, b'1', b'.', b'3', 0]);
+        // (0008,1140) SQ of undefined length, one item of undefined length.
+        bytes.extend_from_slice(&[8, 0, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        bytes.extend(ui(0x55, b"1.5\0"));
+        bytes.extend(ui(0x50, b"1.4\0"));
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let instance = from_bytes(&bytes, Some(BASE)).expect("converts");
+        assert_eq!(
+            instance.sop_instance_uid(),
+            "1.3",
+            "the last (0008,0018) wins"
+        );
+        let json = parse(instance.as_bytes());
+        assert_structure(&json);
+        let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["00080016", "00080018", "00081140", "00180088"]);
+        assert_eq!(json["00080018"]["Value"], json!(["1.3"]));
+        let item = json["00081140"]["Value"][0].as_object().expect("item");
+        let keys: Vec<&String> = item.keys().collect();
+        assert_eq!(keys, ["00081150", "00081155"]);
+    }
+
+    #[test]
     fn inline_limit_is_inclusive() {
         let value = |len: usize| PrimitiveValue::U8(C::from_vec(vec![0; len]));
         let json = memory_json(
@@ -1411,7 +1817,7 @@ mod tests {
     #[test]
     fn missing_or_unsafe_uids_are_errors() {
         let no_sop = InMemDicomObject::from_element_iter([element(tags::ROWS, VR::US, 1_u16)]);
-        let err = instance_json(&no_sop, STUDY, SERIES, PixelEncoding::Native, &opts(None));
+        let err = from_bytes(&part10(&no_sop, uids::EXPLICIT_VR_LITTLE_ENDIAN), None);
         assert!(
             matches!(err, Err(SeriesJsonError::MissingSopInstanceUid)),
             "{err:?}"
@@ -1419,13 +1825,7 @@ mod tests {
 
         let blank_sop =
             InMemDicomObject::from_element_iter([element(tags::SOP_INSTANCE_UID, VR::UI, " \0")]);
-        let err = instance_json(
-            &blank_sop,
-            STUDY,
-            SERIES,
-            PixelEncoding::Native,
-            &opts(None),
-        );
+        let err = from_bytes(&part10(&blank_sop, uids::EXPLICIT_VR_LITTLE_ENDIAN), None);
         assert!(
             matches!(err, Err(SeriesJsonError::MissingSopInstanceUid)),
             "{err:?}"
@@ -1436,7 +1836,7 @@ mod tests {
             VR::UI,
             "1.2/../3",
         )]);
-        let err = instance_json(&bad_sop, STUDY, SERIES, PixelEncoding::Native, &opts(None));
+        let err = from_bytes(&part10(&bad_sop, uids::EXPLICIT_VR_LITTLE_ENDIAN), None);
         assert!(
             matches!(
                 err,
@@ -1448,173 +1848,11 @@ mod tests {
             "{err:?}"
         );
 
-        let obj = in_memory(Vec::new());
-        let err = instance_json(&obj, "1.2 3", SERIES, PixelEncoding::Native, &opts(None));
+        let bytes = part10(&in_memory(Vec::new()), uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        let err = instance_json(&bytes[..], "1.2 3", SERIES, &opts(None));
         assert!(
             matches!(err, Err(SeriesJsonError::InvalidUid { .. })),
             "{err:?}"
         );
-    }
-
-    fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
-        (0..runs)
-            .map(|_| {
-                let start = Instant::now();
-                black_box(f());
-                start.elapsed()
-            })
-            .min()
-            .unwrap_or_default()
-    }
-
-    fn rate(n: usize, d: Duration) -> f64 {
-        n as f64 / d.as_secs_f64()
-    }
-
-    #[test]
-    #[ignore = "timing harness: cargo test --release --lib -- --ignored --nocapture"]
-    fn throughput_against_dicom_json() {
-        const N: usize = 500;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sops: Vec<String> = (0..N).map(|i| format!("2.25.{}", 1_000_000 + i)).collect();
-        let paths: Vec<PathBuf> = sops
-            .iter()
-            .enumerate()
-            .map(|(i, sop)| {
-                // Shuffled numbering, so the sort has work to do.
-                let number = i32::try_from((i * 7919) % N).expect("small");
-                write_fixture(dir.path(), &ct(sop, Some(number)))
-            })
-            .collect();
-        measure("64x64 CT fixture", &paths);
-
-        // A real file gives a truer figure: set SERIES_BENCH_FILE to one.
-        if let Some(real) = std::env::var_os("SERIES_BENCH_FILE") {
-            let copies: Vec<PathBuf> = (0..N)
-                .map(|i| {
-                    let path = dir.path().join(format!("real-{i}.dcm"));
-                    std::fs::copy(&real, &path).expect("copy SERIES_BENCH_FILE");
-                    path
-                })
-                .collect();
-            measure(&Path::new(&real).display().to_string(), &copies);
-        }
-    }
-
-    fn measure(label: &str, paths: &[PathBuf]) {
-        let n = paths.len();
-        let options = opts(Some(BASE));
-
-        let ours = |paths: &[PathBuf]| -> Vec<InstanceJson> {
-            paths
-                .iter()
-                .map(|p| convert_with(&read_instance(p).expect("read"), &options))
-                .collect()
-        };
-        let theirs = |paths: &[PathBuf]| -> Vec<Vec<u8>> {
-            paths
-                .iter()
-                .map(|p| dicom_json::to_vec(&*read_instance(p).expect("read")).expect("to_vec"))
-                .collect()
-        };
-        let join = |parts: Vec<Vec<u8>>| -> Vec<u8> {
-            let mut out = vec![b'['];
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(part);
-            }
-            out.push(b']');
-            out
-        };
-
-        let ours_doc = series_document(ours(paths));
-        let theirs_doc = join(theirs(paths));
-        let ours_1 = best_of(10, || series_document(ours(paths)));
-        let theirs_1 = best_of(10, || join(theirs(paths)));
-        let (left, right) = paths.split_at(n / 2);
-        let ours_2 = best_of(10, || {
-            let (mut a, b) = std::thread::scope(|s| {
-                let b = s.spawn(|| ours(right));
-                (ours(left), b.join().expect("thread"))
-            });
-            a.extend(b);
-            series_document(a)
-        });
-        let theirs_2 = best_of(10, || {
-            let (mut a, b) = std::thread::scope(|s| {
-                let b = s.spawn(|| theirs(right));
-                (theirs(left), b.join().expect("thread"))
-            });
-            a.extend(b);
-            join(a)
-        });
-
-        let files: Vec<DefaultDicomObject> = paths
-            .iter()
-            .map(|p| read_instance(p).expect("read"))
-            .collect();
-        let read_only = best_of(10, || {
-            paths
-                .iter()
-                .map(|p| read_instance(p).expect("read"))
-                .collect::<Vec<_>>()
-        });
-        let serialize = |files: &[DefaultDicomObject]| {
-            let ours = best_of(10, || {
-                files
-                    .iter()
-                    .map(|f| convert_with(f, &options).as_bytes().len())
-                    .sum::<usize>()
-            });
-            let theirs = best_of(10, || {
-                files
-                    .iter()
-                    .map(|f| dicom_json::to_vec(&**f).expect("to_vec").len())
-                    .sum::<usize>()
-            });
-            (ours, theirs)
-        };
-        let (ours_ser, theirs_ser) = serialize(&files);
-        // dicom-json inlines the 4 KiB private OB as base64, which we send by reference:
-        // without it, both write the same attributes.
-        let mut small = files.clone();
-        for file in &mut small {
-            file.remove_element(fixtures::PRIVATE_LONG_OB_TAG);
-        }
-        let (ours_small, theirs_small) = serialize(&small);
-
-        println!("{n} instances of {label}, read up to the pixel data (instances/s)");
-        println!("read_instance alone:        {:>8.0}", rate(n, read_only));
-        println!(
-            "ours, end to end:           {:>8.0} on 1 thread, {:>8.0} on 2; {} B/instance",
-            rate(n, ours_1),
-            rate(n, ours_2),
-            ours_doc.len() / n
-        );
-        println!(
-            "dicom_json, end to end:     {:>8.0} on 1 thread, {:>8.0} on 2; {} B/instance",
-            rate(n, theirs_1),
-            rate(n, theirs_2),
-            theirs_doc.len() / n
-        );
-        println!(
-            "serialization alone:        {:>8.0} ours, {:>8.0} dicom_json ({:.1}x)",
-            rate(n, ours_ser),
-            rate(n, theirs_ser),
-            theirs_ser.as_secs_f64() / ours_ser.as_secs_f64()
-        );
-        println!(
-            "  without (0009,1002):      {:>8.0} ours, {:>8.0} dicom_json ({:.1}x)",
-            rate(n, ours_small),
-            rate(n, theirs_small),
-            theirs_small.as_secs_f64() / ours_small.as_secs_f64()
-        );
-    }
-
-    fn convert_with(file: &DefaultDicomObject, options: &DocumentOptions) -> InstanceJson {
-        let pixels = PixelEncoding::from_transfer_syntax(file.meta().transfer_syntax());
-        instance_json(file, STUDY, SERIES, pixels, options).expect("instance_json")
     }
 }

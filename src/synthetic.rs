@@ -346,8 +346,10 @@ mod tests {
         let paths = write_ct_series(dir.path(), "1.2.3", "1.2.3.4", 3).expect("write series");
         assert_eq!(paths.len(), 3);
         assert!(paths[2].ends_with("1.2.3.4.3.dcm"), "{:?}", paths[2]);
-        let file = crate::instance_file::read_instance(&paths[2]).expect("read instance");
-        assert_eq!(file.meta().media_storage_sop_instance_uid(), "1.2.3.4.3");
+        let options = crate::series_json::DocumentOptions::default();
+        let instance = crate::instance_file::read_instance(&paths[2], "1.2.3", "1.2.3.4", &options)
+            .expect("read instance");
+        assert_eq!(instance.sop_instance_uid(), "1.2.3.4.3");
     }
 
     #[test]

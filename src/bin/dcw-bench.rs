@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dicom_cache_warmer::config::{ServiceUrl, Settings, StreamSettings};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::instance_file::read_instance;
-use dicom_cache_warmer::series_json::{self, DocumentOptions, InstanceJson, PixelEncoding};
+use dicom_cache_warmer::series_json::{self, DocumentOptions, InstanceJson};
 use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec, InstanceEvent};
 use dicom_cache_warmer::{app, db, event, keys, metrics, redis_conn, stream, study, telemetry};
 use rand::rngs::StdRng;
@@ -1638,13 +1638,10 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
 /// blocking tasks do), then joined.
 fn series_document(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<u8>> {
     let convert = |path: &Path| -> anyhow::Result<InstanceJson> {
-        let file = read_instance(path)?;
-        let pixels = PixelEncoding::from_transfer_syntax(file.meta().transfer_syntax());
-        Ok(series_json::instance_json(
-            &file,
+        Ok(read_instance(
+            path,
             SERIES_STUDY_UID,
             SERIES_UID,
-            pixels,
             &DocumentOptions::default(),
         )?)
     };
