@@ -34,11 +34,11 @@ use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_encoding::text::{DecodeTextError, SpecificCharacterSet, TextCodec as _};
 use dicom_encoding::transfer_syntax::{Codec, Endianness};
 use dicom_encoding::{TransferSyntax, TransferSyntaxIndex as _};
-use dicom_object::meta::FileMetaTable;
 use dicom_parser::DynStatefulDecoder;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 // 1 KiB keeps the small vendor blobs (a few bytes to a few hundred) inline, so a viewer
 // needs no extra round trip for them, while every multi-KB value (Siemens CSA headers of
@@ -61,12 +61,12 @@ pub struct DocumentOptions {
 /// Why an instance could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum SeriesJsonError {
-    /// The stream ends, or fails, before the file meta group.
-    #[error("the preamble cannot be read")]
-    Preamble(#[source] std::io::Error),
-    /// The stream does not start with a readable file meta group.
-    #[error("the file meta group cannot be read")]
-    Meta(#[source] dicom_object::meta::Error),
+    /// The stream ends, or fails, before the data set.
+    #[error("the preamble or the file meta group cannot be read")]
+    Header(#[source] std::io::Error),
+    /// The file meta group is not as PS3.10 7.1 lays it out.
+    #[error("the file meta group {0}")]
+    Meta(&'static str),
     /// The transfer syntax is unknown, or needs a codec this build does not have.
     #[error("transfer syntax {0:?} is not supported")]
     UnsupportedTransferSyntax(String),
@@ -154,9 +154,9 @@ pub fn instance_json<R: BufRead>(
 ) -> Result<InstanceJson, SeriesJsonError> {
     check_uid("Study Instance UID", study_uid)?;
     check_uid("Series Instance UID", series_uid)?;
-    skip_preamble(&mut source).map_err(SeriesJsonError::Preamble)?;
-    let meta = FileMetaTable::from_reader(&mut source).map_err(SeriesJsonError::Meta)?;
-    let ts_uid = meta.transfer_syntax();
+    skip_preamble(&mut source).map_err(SeriesJsonError::Header)?;
+    let ts_uid = read_transfer_syntax(&mut source)?;
+    let ts_uid = ts_uid.as_str();
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .filter(|ts| matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..)))
@@ -223,6 +223,56 @@ fn skip_preamble(source: &mut impl BufRead) -> std::io::Result<()> {
         source.read_exact(&mut [0; 128])?;
     }
     Ok(())
+}
+
+/// Reads the file meta group for its Transfer Syntax UID (0002,0010): `DICM`, then the group
+/// length (0002,0000) that PS3.10 7.1 puts first, then the group's elements, parsed by
+/// dicom-parser as explicit VR little endian.
+fn read_transfer_syntax(source: &mut impl BufRead) -> Result<String, SeriesJsonError> {
+    const GROUP_LENGTH: [u8; 8] = [2, 0, 0, 0, b'U', b'L', 4, 0];
+    let mut head = [0; 16];
+    source
+        .read_exact(&mut head)
+        .map_err(SeriesJsonError::Header)?;
+    if &head[..4] != b"DICM" {
+        return Err(SeriesJsonError::Meta("does not start with DICM"));
+    }
+    if head[4..12] != GROUP_LENGTH {
+        return Err(SeriesJsonError::Meta(
+            "does not start with its group length",
+        ));
+    }
+    let length = u32::from_le_bytes(head[12..].try_into().expect("4 bytes"));
+    // Read whole, so that parsing can stop at the transfer syntax.
+    let mut group = Vec::with_capacity(256);
+    source
+        .take(u64::from(length))
+        .read_to_end(&mut group)
+        .map_err(SeriesJsonError::Header)?;
+    let explicit_le = EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let decoder = DynStatefulDecoder::new_with(&group[..], &explicit_le, Default::default(), 0)
+        .map_err(|_| SeriesJsonError::Meta("cannot be decoded"))?;
+    let mut reader = LazyDataSetReader::new(decoder);
+    let mut uid = Vec::new();
+    loop {
+        let header = match reader.advance().transpose()? {
+            Some(LazyDataToken::ElementHeader(header)) => header,
+            Some(_) => return Err(SeriesJsonError::Meta("holds a sequence")),
+            None => return Err(SeriesJsonError::Meta("has no Transfer Syntax UID")),
+        };
+        let Some(value) = reader.advance().transpose()? else {
+            return Err(SeriesJsonError::Meta("ends inside an element"));
+        };
+        if header.tag == tags::TRANSFER_SYNTAX_UID {
+            value.read_value_into(&mut uid)?;
+            check_length(&header, uid.len() as u64)?;
+            break;
+        }
+        discard(value, Some(header))?;
+    }
+    let uid = std::str::from_utf8(&uid)
+        .map_err(|_| SeriesJsonError::Meta("has a Transfer Syntax UID that is not text"))?;
+    Ok(trim_padding(uid).to_owned())
 }
 
 fn check_uid(attribute: &'static str, value: &str) -> Result<(), SeriesJsonError> {
@@ -1792,6 +1842,27 @@ mod tests {
         let item = json["00081140"]["Value"][0].as_object().expect("item");
         let keys: Vec<&String> = item.keys().collect();
         assert_eq!(keys, ["00081150", "00081155"]);
+    }
+
+    #[test]
+    fn a_file_meta_group_without_its_length_or_transfer_syntax_is_refused() {
+        // No preamble: `DICM`, then (0002,0001) OB where the group length belongs.
+        let mut no_length = b"DICM".to_vec();
+        no_length.extend_from_slice(&[2, 0, 1, 0, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+        let err = from_bytes(&no_length, None);
+        assert!(
+            matches!(err, Err(SeriesJsonError::Meta(m)) if m.contains("group length")),
+            "{err:?}"
+        );
+        // A 12-byte group holding only (0002,0002) UI "1.2".
+        let mut no_syntax = b"DICM".to_vec();
+        no_syntax.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0, 12, 0, 0, 0]);
+        no_syntax.extend_from_slice(&[2, 0, 2, 0, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        let err = from_bytes(&no_syntax, None);
+        assert!(
+            matches!(err, Err(SeriesJsonError::Meta(m)) if m.contains("Transfer Syntax")),
+            "{err:?}"
+        );
     }
 
     #[test]
