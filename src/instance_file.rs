@@ -236,17 +236,39 @@ mod tests {
     }
 
     #[test]
-    fn length_beyond_the_end_of_file_is_invalid() {
+    fn a_length_beyond_the_end_of_file_is_invalid_and_never_allocated() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut bytes = fs::read(write_fixture(dir.path())).expect("read fixture bytes");
-        let header = [0x09, 0x00, 0x02, 0x10, b'O', b'B', 0, 0];
-        let at = bytes
-            .windows(header.len())
-            .position(|w| w == header)
-            .expect("long private OB header");
-        // 16 MiB: past the end of the file, yet small enough to allocate in a test.
-        bytes[at + 8..at + 12].copy_from_slice(&0x0100_0000_u32.to_le_bytes());
-        let err = read(&write_bytes(dir.path(), "long.dcm", &bytes)).expect_err("corrupt");
-        assert!(matches!(err, InstanceFileError::Invalid { .. }), "{err:?}");
+        let fixture = fs::read(write_fixture(dir.path())).expect("read fixture bytes");
+        // About 4 GB, on a binary value (counted past) and on a text value (read as it comes):
+        // neither is allocated up front, as dicom-object did.
+        let headers: [&[u8]; 2] = [
+            &[0x09, 0x00, 0x02, 0x10, b'O', b'B', 0, 0],
+            &[0x10, 0x00, 0x20, 0x00, b'L', b'O'],
+        ];
+        for header in headers {
+            let mut bytes = fixture.clone();
+            let at = header.len()
+                + bytes
+                    .windows(header.len())
+                    .position(|w| w == header)
+                    .expect("element header");
+            if header[4] == b'O' {
+                bytes[at..at + 4].copy_from_slice(&0xF000_0000_u32.to_le_bytes());
+            } else {
+                // A short-form length (2 bytes), as LO has: turn the element into UT, whose
+                // length has 4 bytes after 2 reserved ones, and keep the rest of the file.
+                bytes[at - 2..at].copy_from_slice(b"UT");
+                bytes.splice(at..at + 2, [0, 0, 0, 0, 0, 0xF0]);
+            }
+            let err = read(&write_bytes(dir.path(), "long.dcm", &bytes)).expect_err("corrupt");
+            assert!(
+                matches!(
+                    &err,
+                    InstanceFileError::Invalid { source, .. }
+                        if matches!(**source, SeriesJsonError::Truncated { len: 0xF000_0000, .. })
+                ),
+                "{err:?}"
+            );
+        }
     }
 }
