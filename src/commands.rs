@@ -70,7 +70,7 @@ pub async fn check_config(settings: &Settings) -> anyhow::Result<()> {
     for (what, result) in &checks {
         match result {
             Ok(detail) => println!("{what}: ok ({detail})"),
-            Err(error) => println!("{what}: FAILED: {}", telemetry::one_line(error)),
+            Err(error) => println!("{what}: FAILED: {}", telemetry::one_line(error.as_ref())),
         }
     }
     anyhow::ensure!(checks.iter().all(|(_, r)| r.is_ok()), "a check failed");

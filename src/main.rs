@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{}", telemetry::one_line(&error));
+            tracing::error!("{}", telemetry::one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }

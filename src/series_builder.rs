@@ -20,7 +20,7 @@ use crate::instance_file::read_instance;
 use crate::lock::{LOCK_RENEW_EVERY, SeriesLock};
 use crate::schedule::{Schedule, SeriesRef};
 use crate::series_json::{self, DocumentOptions};
-use crate::{keys, metrics};
+use crate::{keys, metrics, telemetry};
 
 /// How often the schedule is looked at for due series.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -244,9 +244,10 @@ impl Builder {
         match document {
             Ok((bytes, instances)) => self.publish(series, &row, lock, &bytes, instances).await,
             Err(failure) => {
+                let failure = telemetry::one_line(&failure);
                 tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %failure, "series document not built");
                 self.record(series, &row, db::JSON_STATUS_FAILED).await?;
-                Ok(BuildOutcome::Failed(failure.to_string()))
+                Ok(BuildOutcome::Failed(failure))
             }
         }
     }

@@ -24,9 +24,9 @@ pub fn init(settings: &LogSettings) {
 
 /// An error and its causes on one line, `: `-separated, leaving out a cause whose message
 /// is already on the line (sqlx, for one, repeats its source in its own message).
-pub fn one_line(error: &anyhow::Error) -> String {
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = String::new();
-    for cause in error.chain() {
+    for cause in std::iter::successors(Some(error), |&e| e.source()) {
         let text = cause.to_string();
         if line.contains(&text) {
             continue;
@@ -48,10 +48,10 @@ mod tests {
         let io = std::io::Error::other("connection refused");
         let error = anyhow::Error::new(sqlx::Error::Io(io)).context("count the studies");
         assert_eq!(
-            one_line(&error),
+            one_line(error.as_ref()),
             "count the studies: error communicating with database: connection refused"
         );
         let error = anyhow::anyhow!("root").context("middle").context("top");
-        assert_eq!(one_line(&error), "top: middle: root");
+        assert_eq!(one_line(error.as_ref()), "top: middle: root");
     }
 }
