@@ -760,12 +760,7 @@ impl Writer {
     fn inline_binary(&mut self, tag: Tag, vr: VR, bytes: &[u8]) {
         self.open(tag, vr);
         if !bytes.is_empty() {
-            let word = match vr {
-                VR::OW => 2,
-                VR::OF | VR::OL => 4,
-                VR::OD | VR::OV => 8,
-                _ => 1,
-            };
+            let word = word_size(vr);
             let le = if self.big_endian && word > 1 {
                 self.scratch.clear();
                 for chunk in bytes.chunks(word) {
@@ -853,12 +848,7 @@ impl Writer {
     /// Writes US SS UL SL SV UV FL or FD values, read in the transfer syntax's byte order.
     fn binary_numbers(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
         self.open(tag, vr);
-        let size = match vr {
-            VR::US | VR::SS => 2,
-            VR::UL | VR::SL | VR::FL => 4,
-            _ => 8,
-        };
-        if bytes.len() >= size {
+        if bytes.len() >= word_size(vr) {
             let be = self.big_endian;
             self.out.extend_from_slice(b",\"Value\":[");
             match vr {
@@ -1024,6 +1014,16 @@ impl Writer {
         }
         self.out.push(b'}');
         Ok(())
+    }
+}
+
+/// Bytes per number of a binary VR, which the byte order applies to (1 for OB and UN).
+fn word_size(vr: VR) -> usize {
+    match vr {
+        VR::OW | VR::US | VR::SS => 2,
+        VR::OF | VR::OL | VR::UL | VR::SL | VR::FL => 4,
+        VR::OD | VR::OV | VR::FD | VR::SV | VR::UV => 8,
+        _ => 1,
     }
 }
 
