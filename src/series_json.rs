@@ -1766,6 +1766,25 @@ mod tests {
     }
 
     #[test]
+    fn us_or_ss_attributes_are_signed_with_signed_pixels_in_implicit_vr() {
+        let obj = in_memory(vec![
+            element(tags::PIXEL_REPRESENTATION, VR::US, 1_u16),
+            element(tags::SMALLEST_IMAGE_PIXEL_VALUE, VR::SS, -5_i16),
+        ]);
+        for ts in [
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        ] {
+            let json = parse(
+                from_bytes(&part10(&obj, ts), None)
+                    .expect("converts")
+                    .as_bytes(),
+            );
+            assert_eq!(json["00280106"], json!({"vr": "SS", "Value": [-5]}), "{ts}");
+        }
+    }
+
+    #[test]
     fn encapsulated_pixel_data_in_an_item_is_skipped_to_the_next_attribute() {
         let icon = InMemDicomObject::from_element_iter([
             element(tags::ROWS, VR::US, 2_u16),
