@@ -320,6 +320,24 @@ where
     }
 }
 
+/// Reads a child's log until a line contains `needle`; panics if the log ends first or
+/// after [`DEADLINE`].
+pub async fn wait_for_log_line<R>(log: &mut tokio::io::Lines<R>, needle: &str)
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = log.next_line().await.expect("read log") {
+            if line.contains(needle) {
+                return;
+            }
+        }
+        panic!("the log ended before a line with {needle:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for a log line with {needle:?}"));
+}
+
 /// The server's `DicomStateMeta` (database/src/dicom_meta.rs), mirrored field by field
 /// with the server's serde setup, independent of the daemon's own type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

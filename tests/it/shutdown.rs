@@ -7,7 +7,7 @@ use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{DEADLINE, TestEnv, wait_for};
+use crate::helpers::{TestEnv, wait_for, wait_for_log_line};
 
 #[tokio::test]
 async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending() {
@@ -115,16 +115,7 @@ async fn a_second_signal_exits_at_once_even_with_a_batch_in_hand() {
         .await
         .expect("kill");
     // The second signal only after the first was seen, so the two are not merged.
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = log.next_line().await.expect("read log") {
-            if line.contains("stopping: finishing the work in hand") {
-                return;
-            }
-        }
-        panic!("the daemon ended before logging the first signal");
-    })
-    .await
-    .expect("the first signal is logged");
+    wait_for_log_line(&mut log, "stopping: finishing the work in hand").await;
     Command::new("kill")
         .args(["-TERM", &pid])
         .status()

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::chaos_support::{check_cache, send_signal};
-use crate::helpers::{DEADLINE, TestEnv, wait_for};
+use crate::helpers::{DEADLINE, TestEnv, wait_for, wait_for_log_line};
 
 async fn warm(env: &TestEnv, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
@@ -385,16 +385,7 @@ async fn a_second_ctrl_c_ends_warm_at_once_even_with_a_query_in_hand() {
     send_signal("-INT", pid).await;
     // The second signal only after the first was seen, so the two are not merged.
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = log.next_line().await.expect("read log") {
-            if line.contains("stopping: finishing the work in hand") {
-                return;
-            }
-        }
-        panic!("warm ended before logging the first signal");
-    })
-    .await
-    .expect("the first signal is logged");
+    wait_for_log_line(&mut log, "stopping: finishing the work in hand").await;
     send_signal("-INT", pid).await;
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
