@@ -8,11 +8,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use dicom_cache_warmer::event::{self, Field};
-use dicom_cache_warmer::instance_file::read_instance;
-use dicom_cache_warmer::series_json::{self, DocumentOptions, InstanceJson};
-use dicom_cache_warmer::study::{self, DicomStateMeta};
-use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{self, Dataset, DatasetSpec};
+use dicom_cache_warmer::{
+    DicomStateMeta, DocumentOptions, Field, InstanceJson, by_study, encode_study, instance_json,
+    parse_event, read_instance,
+};
 
 /// Entries parsed per iteration.
 const ENTRIES: usize = 1_000;
@@ -72,7 +72,7 @@ fn event_parse(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 for fields in entries {
-                    let parsed = event::parse(black_box(fields));
+                    let parsed = parse_event(black_box(fields));
                     black_box(parsed.is_ok());
                 }
             });
@@ -83,13 +83,13 @@ fn event_parse(c: &mut Criterion) {
 
 fn study_json(c: &mut Criterion) {
     let dataset = dataset();
-    let studies: Vec<&[DicomStateMeta]> = study::by_study(&dataset.rows).collect();
+    let studies: Vec<&[DicomStateMeta]> = by_study(&dataset.rows).collect();
     let mut group = c.benchmark_group("study_json");
     group.throughput(Throughput::Elements(dataset.rows.len() as u64));
     group.bench_function("encode_500_studies", |b| {
         b.iter(|| {
             for rows in &studies {
-                black_box(study::encode(black_box(rows)));
+                black_box(encode_study(black_box(rows)));
             }
         });
     });
@@ -119,7 +119,7 @@ fn series_document(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                series_json::instance_json(black_box(&file[..]), study_uid, series_uid, options)
+                instance_json(black_box(&file[..]), study_uid, series_uid, options)
                     .expect("the fixture converts")
             });
         });
@@ -137,7 +137,7 @@ fn series_document(c: &mut Criterion) {
     group.bench_function("join_500_instances", |b| {
         b.iter_batched(
             || instances.clone(),
-            series_json::series_document,
+            dicom_cache_warmer::series_document,
             BatchSize::SmallInput,
         );
     });

@@ -1,6 +1,6 @@
 //! Series documents from instance files, 500 CT instances: the daemon's path
-//! (`instance_file::read_instance`, which converts while it reads up to the pixel data, then
-//! `series_json::series_document`) against the plain dicom-object + dicom-json conversion of
+//! (`read_instance`, which converts while it reads up to the pixel data, then
+//! `series_document`) against the plain dicom-object + dicom-json conversion of
 //! each file, on one and two threads, with the files in the page cache (warm) and evicted
 //! from it before every iteration (cold).
 //!
@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use dicom_cache_warmer::instance_file::read_instance;
-use dicom_cache_warmer::series_json::{self, DocumentOptions};
-use dicom_cache_warmer::synthetic;
+use dcw_testkit::synthetic;
+use dicom_cache_warmer::{DocumentOptions, InstanceJson, read_instance, series_document};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 
@@ -45,7 +44,7 @@ enum Conversion {
     DicomJson,
 }
 
-fn daemon_instance(path: &Path) -> series_json::InstanceJson {
+fn daemon_instance(path: &Path) -> InstanceJson {
     read_instance(path, STUDY_UID, SERIES_UID, &DocumentOptions::default())
         .expect("the fixture converts")
 }
@@ -62,9 +61,7 @@ fn dicom_json_instance(path: &Path) -> Vec<u8> {
 /// One series document from `paths`, converting the files on `threads` threads.
 fn document(how: Conversion, paths: &[PathBuf], threads: usize) -> Vec<u8> {
     match how {
-        Conversion::Daemon => {
-            series_json::series_document(map_files(paths, threads, daemon_instance))
-        }
+        Conversion::Daemon => series_document(map_files(paths, threads, daemon_instance)),
         Conversion::DicomJson => {
             let objects = map_files(paths, threads, dicom_json_instance);
             let mut out =

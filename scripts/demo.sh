@@ -13,9 +13,9 @@ source scripts/services.sh
 export DCW__STREAM__KEY=${DCW__STREAM__KEY:-dicom:ingest}
 stream_key=$DCW__STREAM__KEY
 # Show each study as it is filled (RUST_LOG, when set, wins).
-export DCW__LOG__LEVEL=${DCW__LOG__LEVEL:-info,dicom_cache_warmer::pipeline=debug}
+export DCW__LOG__LEVEL=${DCW__LOG__LEVEL:-info,dicom_cache_warmer::fill=debug}
 
-cargo build --release --bins
+cargo build --release --workspace --bins
 ./target/release/dicom-cache-warmer migrate
 ./target/release/dcw-bench load --studies 5 --max-series 3 --max-instances 20 --seed 7
 

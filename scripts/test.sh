@@ -8,4 +8,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 
-exec cargo test --all-targets "$@"
+exec cargo test --workspace --all-targets "$@"

@@ -7,7 +7,8 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 
 use crate::config::Settings;
-use crate::{db, redis_conn, telemetry};
+use crate::observe::telemetry;
+use crate::{db, redis_conn};
 
 /// Creates the database when missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {

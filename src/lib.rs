@@ -1,45 +1,64 @@
 //! `dicom-cache-warmer` keeps a DICOMweb server's Redis cache warm from ingest events.
 //!
-//! The data flow, one module per step:
+//! The modules, in the order an entry travels through them:
 //!
 //! ```text
-//! stream entry ──stream──▶ raw fields ──event──▶ IngestEvent (validated ids)
-//!     ──pipeline──▶ batch coalesced by (tenant, study)
-//!     ──db──▶ DicomStateMeta rows (one query per batch)
-//!     ──study──▶ study metadata JSON ──cache──▶ Redis (one pipelined round trip)
-//!     ──stream──▶ XACK (one per batch)
+//! config ─▶ app (pools, tasks) ─▶ consumer (the main loop)
+//!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
+//!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
+//!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
+//!   series:  schedule ─▶ builder (lock, rows, convert: part10 ─▶ json) ─▶ files (atomic publish)
+//! jwks (check, fetch, refresh)     monitor (probes, watchdog)     warm (backfill)
+//! observe: metrics (a leaf), health, http endpoint, telemetry
+//! shared:  ids, keys, backoff, shutdown, db (pool), redis_conn (connections)
 //! ```
-//!
-//! `app` runs that loop until `shutdown` cancels it; `config` and `telemetry` set it up.
 
-pub mod app;
-pub mod backoff;
-pub mod cache;
-pub mod commands;
-pub mod config;
-pub mod db;
-pub mod event;
-pub mod fixtures;
-pub mod health;
-pub mod http;
+// Shared vocabulary: the ids every key and path is built from, and the keys themselves.
 pub mod ids;
-pub mod instance_file;
-pub mod jwks;
 pub mod keys;
-pub mod lock;
-pub mod metrics;
-pub mod monitor;
-pub mod pipeline;
-pub mod recheck;
-pub mod redis_conn;
-pub mod refresh;
-pub mod schedule;
-pub mod series_builder;
-pub mod series_json;
-pub mod shutdown;
-pub mod stream;
-pub mod study;
-pub mod synthetic;
-pub mod telemetry;
-pub mod warm;
-pub mod window;
+
+mod backoff;
+mod shutdown;
+
+// Setting up: configuration, connections, what the daemon shows of itself.
+mod config;
+mod db;
+mod observe;
+mod redis_conn;
+
+// The data flow.
+mod fill;
+mod ingest;
+mod series;
+
+// Side tasks.
+mod jwks;
+mod monitor;
+
+// The daemon and the other commands.
+mod app;
+mod commands;
+mod consumer;
+mod warm;
+
+// What `main`, the tests and the benchmarks use.
+pub use app::{run, run_until_drained};
+pub use commands::{check_config, migrate};
+pub use config::{JwksSettings, RedisSettings, ServiceUrl, Settings, StreamSettings};
+pub use db::{MIGRATOR, lazy_pool};
+pub use fill::cache::add_fill_study;
+pub use fill::study::{DicomStateMeta, by_study, encode as encode_study};
+pub use ingest::event::{Field, IngestEvent, parse as parse_event};
+pub use ingest::stream::{Backlog, ack, backlog, ensure_group, read_new};
+pub use jwks::{
+    Cached, FetchError, KEY as JWKS_KEY, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome, Refresher,
+};
+pub use observe::metrics::handle as metrics_handle;
+pub use observe::telemetry::{init as init_logging, one_line};
+pub use redis_conn::{blocking_connection, command_pool, connection_info};
+pub use series::convert::json::{DocumentOptions, InstanceJson, instance_json, series_document};
+pub use series::convert::part10::read_instance;
+pub use series::files::document_path;
+pub use series::lock::SeriesLock;
+pub use shutdown::{FORCED_EXIT_CODE, on_signals};
+pub use warm::{WarmArgs, WarmSummary, run as warm};

@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dicom_cache_warmer::config::Settings;
-use dicom_cache_warmer::warm::{self, WarmArgs};
-use dicom_cache_warmer::{app, commands, shutdown, telemetry};
+use dicom_cache_warmer::{self as dcw, Settings, WarmArgs};
 
 /// Keeps a DICOMweb server's Redis study cache warm from ingest events.
 #[derive(Parser)]
@@ -23,7 +21,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the default).
-    Run,
+    Run {
+        /// Stop once the stream has nothing new (a one-off catch-up); entries whose study
+        /// is not in the database yet stay pending.
+        #[arg(long)]
+        until_drained: bool,
+    },
     /// Create the database when missing and apply the migrations.
     Migrate,
     /// Print the effective configuration (secrets redacted) and test the connections.
@@ -41,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    dcw::init_logging(&settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -50,12 +53,14 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run_daemon(settings).await,
-            Command::Migrate => commands::migrate(&settings).await,
-            Command::CheckConfig => commands::check_config(&settings).await,
+        match cli.command.unwrap_or(Command::Run {
+            until_drained: false,
+        }) {
+            Command::Run { until_drained } => run_daemon(settings, until_drained).await,
+            Command::Migrate => dcw::migrate(&settings).await,
+            Command::CheckConfig => dcw::check_config(&settings).await,
             Command::Warm(args) => {
-                let summary = warm::run(&settings, &args, shutdown::on_signals()?).await?;
+                let summary = dcw::warm(&settings, &args, dcw::on_signals()?).await?;
                 println!("{summary}");
                 Ok(())
             }
@@ -64,17 +69,22 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{}", telemetry::one_line(error.as_ref()));
+            tracing::error!("{}", dcw::one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Runs the daemon until a signal, then allows it `shutdown.grace_secs` to finish.
-async fn run_daemon(settings: Arc<Settings>) -> anyhow::Result<()> {
-    let cancel = shutdown::on_signals()?;
+/// Runs the daemon until a signal (or the drain), then allows it `shutdown.grace_secs` to
+/// finish.
+async fn run_daemon(settings: Arc<Settings>, until_drained: bool) -> anyhow::Result<()> {
+    let cancel = dcw::on_signals()?;
     let grace = settings.shutdown.grace();
-    let mut daemon = tokio::spawn(app::run(settings, cancel.clone()));
+    let mut daemon = if until_drained {
+        tokio::spawn(dcw::run_until_drained(settings, cancel.clone()))
+    } else {
+        tokio::spawn(dcw::run(settings, cancel.clone()))
+    };
     tokio::select! {
         finished = &mut daemon => return finished?,
         () = cancel.cancelled() => {}

@@ -9,8 +9,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::health::{Health, Service};
-use crate::{metrics, stream};
+use crate::ingest::stream;
+use crate::observe::health::{Health, Service};
+use crate::observe::metrics;
 
 /// How often the services are probed and the group's counts read.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -62,7 +63,11 @@ async fn probe_redis(settings: &Settings, health: &Health, redis: &deadpool_redi
         Ok((backlog, dead_letters)) => {
             health.up(Service::Redis);
             health.set_group_ready(backlog.is_some());
-            metrics::stream_gauges(backlog, dead_letters);
+            metrics::stream_gauges(
+                backlog.map(|b| b.pending),
+                backlog.and_then(|b| b.lag),
+                dead_letters,
+            );
         }
         Err(error) => health.down(Service::Redis, &error),
     }

@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::db::{self, StudyFilter};
-use crate::event::EventKind;
+use crate::db;
+use crate::fill::query::{self, StudyFilter};
+use crate::fill::refresh::{self, Plan};
 use crate::ids::{TenantId, Uid};
-use crate::refresh::{self, Plan};
-use crate::schedule::Schedule;
-use crate::{redis_conn, series_builder};
+use crate::ingest::event::EventKind;
+use crate::redis_conn;
+use crate::series::builder::schedule_of;
+use crate::series::schedule::Schedule;
 
 /// Attempts per page before `warm` gives up on an unreachable service.
 const PAGE_ATTEMPTS: u32 = 5;
@@ -126,7 +128,7 @@ pub async fn run(
         !args.series || settings.series.roots().is_some(),
         "--series needs series.dicom_root and series.json_root"
     );
-    let schedule = args.series.then(|| series_builder::schedule_of(settings));
+    let schedule = args.series.then(|| schedule_of(settings));
     let started = Instant::now();
     let db = db::lazy_pool(&settings.database).context("database.url")?;
     let redis = redis_conn::command_pool(&settings.redis).context("redis.url")?;
@@ -137,7 +139,7 @@ pub async fn run(
     };
     let mut summary = WarmSummary {
         selected: u64::try_from(
-            db::count_studies(&db, &filter)
+            query::count_studies(&db, &filter)
                 .await
                 .context("count the studies")?,
         )
@@ -158,7 +160,7 @@ pub async fn run(
             summary.interrupted = true;
             break;
         }
-        let page = db::list_studies(&db, &filter, &after, args.page_size as usize)
+        let page = query::list_studies(&db, &filter, &after, args.page_size as usize)
             .await
             .context("list the studies")?;
         let Some(last) = page.last() else { break };

@@ -1,10 +1,10 @@
 //! Bad entries go to the dead-letter stream with their reason, are acknowledged, and
 //! never produce a key.
 
-use dicom_cache_warmer::event::Field;
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
+use dicom_cache_warmer::Field;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 
 use crate::helpers::TestEnv;
 

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::time::Instant;
 
 use crate::chaos_support::{

@@ -9,12 +9,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dicom_cache_warmer::config::{Settings, StreamSettings};
+use dcw_testkit::synthetic::{self, Dataset, InstanceEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::stream::{self, Backlog};
-use dicom_cache_warmer::study::{self, DicomStateMeta};
-use dicom_cache_warmer::synthetic::{self, Dataset, InstanceEvent};
+use dicom_cache_warmer::{
+    Backlog, DicomStateMeta, Settings, StreamSettings, by_study, encode_study,
+};
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -370,7 +370,7 @@ pub async fn consumers(
 
 /// The group's backlog (pending and lag) on any Redis.
 pub async fn backlog(con: &MultiplexedConnection, settings: &StreamSettings) -> Backlog {
-    stream::backlog(&mut con.clone(), settings)
+    dicom_cache_warmer::backlog(&mut con.clone(), settings)
         .await
         .expect("XINFO GROUPS")
         .expect("the group exists")
@@ -390,7 +390,7 @@ pub async fn stream_length(con: &MultiplexedConnection, key: &str) -> usize {
 pub struct CacheCheck {
     /// Studies in the dataset.
     pub expected: usize,
-    /// Study keys equal to `study::encode` of the study's rows.
+    /// Study keys equal to `encode_study` of the study's rows.
     pub correct: usize,
     /// The other keys, with what they hold (truncated).
     pub wrong: Vec<String>,
@@ -405,7 +405,7 @@ pub async fn check_cache(con: &MultiplexedConnection, rows: &[DicomStateMeta]) -
         correct: 0,
         wrong: Vec::new(),
     };
-    for study_rows in study::by_study(rows) {
+    for study_rows in by_study(rows) {
         check.expected += 1;
         let key = keys::study_metadata(
             &TenantId::parse(&study_rows[0].tenant_id).expect("tenant"),
@@ -417,7 +417,7 @@ pub async fn check_cache(con: &MultiplexedConnection, rows: &[DicomStateMeta]) -
             .await
             .expect("GET");
         match cached {
-            Some(value) if value == study::encode(study_rows) => check.correct += 1,
+            Some(value) if value == encode_study(study_rows) => check.correct += 1,
             Some(value) => check.wrong.push(format!(
                 "{key} holds a different value: {}",
                 value.chars().take(200).collect::<String>()

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
-use dicom_cache_warmer::config::{ServiceUrl, Settings};
-use dicom_cache_warmer::stream::{self, Backlog};
-use dicom_cache_warmer::study::DicomStateMeta;
-use dicom_cache_warmer::synthetic::Dataset;
-use dicom_cache_warmer::{app, db};
+use dcw_testkit::synthetic::Dataset;
+use dicom_cache_warmer::{
+    Backlog, DicomStateMeta, MIGRATOR, ServiceUrl, Settings, backlog, lazy_pool, run,
+};
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
@@ -47,10 +46,7 @@ impl TestEnv {
     /// Creates the database (migrated) and picks unique names.
     pub async fn new() -> Self {
         let env = Self::with_empty_database().await;
-        db::MIGRATOR
-            .run(&env.db)
-            .await
-            .expect("migrate test database");
+        MIGRATOR.run(&env.db).await.expect("migrate test database");
         env
     }
 
@@ -88,7 +84,7 @@ impl TestEnv {
         settings.http.listen = "127.0.0.1:0".into();
         settings.validate().expect("test settings are valid");
 
-        let db = db::lazy_pool(&settings.database).expect("pool");
+        let db = lazy_pool(&settings.database).expect("pool");
         let redis = redis::Client::open(redis_url())
             .expect("redis URL")
             .get_multiplexed_async_connection()
@@ -121,7 +117,7 @@ impl TestEnv {
     /// Runs the daemon with other settings (on this test's slice) until the handle stops it.
     pub fn start_daemon_with(&self, settings: Settings) -> Daemon {
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(app::run(Arc::new(settings), cancel.clone()));
+        let task = tokio::spawn(run(Arc::new(settings), cancel.clone()));
         Daemon { cancel, task }
     }
 
@@ -153,7 +149,7 @@ impl TestEnv {
     /// The group's pending count and lag (a missing group counts as nothing done).
     pub async fn backlog(&self) -> Backlog {
         let mut con = self.redis.clone();
-        stream::backlog(&mut con, &self.settings.stream)
+        backlog(&mut con, &self.settings.stream)
             .await
             .expect("XINFO GROUPS")
             .unwrap_or(Backlog {

@@ -5,16 +5,17 @@
 //!
 //! The refresher tests write a key of their own (`Refresher::with_key`) on the shared
 //! Redis, so they run in parallel and never touch a real server's key set; the daemon test
-//! runs `app::run` unchanged against a private `redis-server`, where the production key
+//! runs the daemon unchanged against a private `redis-server`, where the production key
 //! name is exercised without fighting anyone over it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dicom_cache_warmer::config::{JwksSettings, ServiceUrl};
-use dicom_cache_warmer::jwks::{self, Cached, FetchError, Outcome, Refresher};
-use dicom_cache_warmer::redis_conn;
+use dicom_cache_warmer::{
+    Cached, FetchError, JWKS_KEY, JwksSettings, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome,
+    Refresher, ServiceUrl, command_pool,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -214,7 +215,7 @@ fn ok_with_length(body: Vec<u8>) -> Vec<u8> {
 
 /// A refresher for `settings` writing this test's own key, which `TestEnv` removes.
 fn refresher(env: &TestEnv, settings: &JwksSettings) -> Refresher {
-    let pool = redis_conn::command_pool(&env.settings.redis).expect("pool");
+    let pool = command_pool(&env.settings.redis).expect("pool");
     Refresher::new(settings, pool)
         .expect("refresher")
         .expect("jwks.url is set")
@@ -359,7 +360,7 @@ async fn redirects_are_followed_up_to_a_limit() {
     let looping = refresh(&refresher(&env, &idp.settings("/loop", true))).await;
     let error = network_error(&looping);
     assert!(error.contains("redirect"), "{error}");
-    assert_eq!(idp.hits() - before, 1 + jwks::MAX_REDIRECTS);
+    assert_eq!(idp.hits() - before, 1 + MAX_REDIRECTS);
     assert_eq!(
         get_bytes(&env.redis, &key).await.as_deref(),
         Some(KEY_SET.as_bytes())
@@ -377,7 +378,7 @@ async fn every_kind_of_failure_leaves_the_previous_value_in_place() {
 
     let oversized = {
         let mut body = br#"{"keys":[{"kty":"RSA","n":""#.to_vec();
-        body.resize(jwks::MAX_DOCUMENT_BYTES + 1_024, b'A');
+        body.resize(MAX_DOCUMENT_BYTES + 1_024, b'A');
         body.extend_from_slice(br#"","e":"AQAB"}]}"#);
         body
     };
@@ -542,10 +543,10 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
     let daemon = env.start_daemon_with(settings);
 
     wait_for("the key set under the server's key", || async {
-        get_bytes(&con, jwks::KEY).await.as_deref() == Some(KEY_SET.as_bytes())
+        get_bytes(&con, JWKS_KEY).await.as_deref() == Some(KEY_SET.as_bytes())
     })
     .await;
-    assert!((1..=3).contains(&ttl(&con, jwks::KEY).await));
+    assert!((1..=3).contains(&ttl(&con, JWKS_KEY).await));
     let first = idp.hits();
     wait_for("two more refreshes, one period apart", || async {
         idp.hits() >= first + 2
@@ -553,7 +554,7 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
     .await;
     idp.reply_with(Reply::Document(ROTATED_KEY_SET.into()));
     wait_for("the rotated key set", || async {
-        get_bytes(&con, jwks::KEY).await.as_deref() == Some(ROTATED_KEY_SET.as_bytes())
+        get_bytes(&con, JWKS_KEY).await.as_deref() == Some(ROTATED_KEY_SET.as_bytes())
     })
     .await;
 
@@ -563,7 +564,7 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(idp.hits() >= down + 3, "retried while down");
     assert_eq!(
-        get_bytes(&con, jwks::KEY).await.as_deref(),
+        get_bytes(&con, JWKS_KEY).await.as_deref(),
         Some(ROTATED_KEY_SET.as_bytes())
     );
 

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dicom_cache_warmer::event::{self, Field, IngestEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
+use dicom_cache_warmer::{Field, IngestEvent, parse_event};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value};
@@ -265,7 +265,7 @@ fn the_parser_never_panics_explains_every_refusal_and_accepts_only_key_safe_ids(
     });
     runner
         .run(&any_entry(), |fields| {
-            match event::parse(&fields) {
+            match parse_event(&fields) {
                 Ok(event) => {
                     accepted.fetch_add(1, Ordering::Relaxed);
                     check_accepted(&event)?;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use sqlx::PgPool;
 
 use crate::chaos_support::{check_cache, free_port};

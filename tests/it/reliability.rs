@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::stream;
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use dicom_cache_warmer::{ensure_group, read_new};
 use tokio::time::Instant;
 
 use crate::helpers::{TestEnv, wait_for};
@@ -34,10 +34,8 @@ async fn entries_left_by_a_crashed_consumer_are_reclaimed_and_the_consumer_delet
     let mut ghost = env.settings.stream.clone();
     ghost.consumer = format!("{}-ghost", ghost.consumer);
     ghost.batch_size = 10_000;
-    stream::ensure_group(&mut con, &ghost).await.expect("group");
-    let taken = stream::read_new(&mut con, &ghost, true)
-        .await
-        .expect("ghost reads");
+    ensure_group(&mut con, &ghost).await.expect("group");
+    let taken = read_new(&mut con, &ghost, true).await.expect("ghost reads");
     assert_eq!(taken.len(), dataset.events.len());
 
     let daemon = env.start_daemon();
@@ -159,7 +157,7 @@ async fn a_key_redis_refuses_dead_letters_only_its_studys_entries() {
     let env = TestEnv::new().await;
     let dataset = small_dataset(&env, 3);
     dataset.insert(&env.db).await.expect("insert rows");
-    let study = |row: &dicom_cache_warmer::study::DicomStateMeta| {
+    let study = |row: &dicom_cache_warmer::DicomStateMeta| {
         (
             TenantId::parse(&row.tenant_id).expect("tenant"),
             Uid::parse(&row.study_uid).expect("uid"),

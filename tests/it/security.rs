@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use dicom_cache_warmer::config::{RedisSettings, ServiceUrl};
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use dicom_cache_warmer::ids::{TenantId, Uid};
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
-use dicom_cache_warmer::{keys, redis_conn, stream};
+use dicom_cache_warmer::keys;
+use dicom_cache_warmer::{RedisSettings, ServiceUrl, backlog, blocking_connection};
 use redis::aio::MultiplexedConnection;
 use tokio::process::{Child, Command};
 
@@ -126,7 +126,7 @@ async fn admin_connection(dir: &Path, port: u16) -> MultiplexedConnection {
     let settings = tls_settings(dir, port, "default:admin-secret");
     let deadline = tokio::time::Instant::now() + crate::helpers::DEADLINE;
     loop {
-        if let Ok(con) = redis_conn::blocking_connection(&settings, Duration::ZERO).await {
+        if let Ok(con) = blocking_connection(&settings, Duration::ZERO).await {
             return con;
         }
         assert!(
@@ -244,7 +244,7 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
         let mut admin = admin.clone();
         let stream_settings = env.settings.stream.clone();
         async move {
-            stream::backlog(&mut admin, &stream_settings)
+            backlog(&mut admin, &stream_settings)
                 .await
                 .ok()
                 .flatten()

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dicom_cache_warmer::fixtures::{self, CtInstance};
+use dcw_testkit::fixtures::{self, CtInstance};
+use dcw_testkit::synthetic::{self, Dataset, DatasetSpec};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::lock::SeriesLock;
-use dicom_cache_warmer::series_builder::document_path;
-use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec};
+use dicom_cache_warmer::{SeriesLock, document_path};
 use dicom_json::DicomJson;
 use dicom_object::InMemDicomObject;
 

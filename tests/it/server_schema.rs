@@ -1,9 +1,9 @@
 //! The daemon against a database made by the server's own DDL rather than our migrations.
 
-use dicom_cache_warmer::db;
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
+use dicom_cache_warmer::MIGRATOR;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 
 use crate::helpers::TestEnv;
 
@@ -71,7 +71,7 @@ async fn studies_are_warmed_from_a_database_made_by_the_servers_ddl() {
     }
 
     // `migrate` on top of the server's tables changes nothing and does not fail.
-    db::MIGRATOR
+    MIGRATOR
         .run(&env.db)
         .await
         .expect("migrations apply over the server's tables");

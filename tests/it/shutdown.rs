@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -125,10 +125,7 @@ async fn a_second_signal_exits_at_once_even_with_a_batch_in_hand() {
         .await
         .expect("exits at once, long before the 60 s grace")
         .expect("wait");
-    assert_eq!(
-        status.code(),
-        Some(dicom_cache_warmer::shutdown::FORCED_EXIT_CODE)
-    );
+    assert_eq!(status.code(), Some(dicom_cache_warmer::FORCED_EXIT_CODE));
     blocker.rollback().await.expect("rollback");
     assert!(
         env.backlog().await.pending > 0,

@@ -6,10 +6,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use dcw_testkit::synthetic::{Dataset, DatasetSpec};
+use dicom_cache_warmer::DicomStateMeta;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::study::DicomStateMeta;
-use dicom_cache_warmer::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

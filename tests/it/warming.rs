@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use dcw_testkit::synthetic::{self, Dataset, DatasetSpec};
+use dicom_cache_warmer::add_fill_study;
 use dicom_cache_warmer::ids::{TenantId, Uid};
-use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec};
-use dicom_cache_warmer::{cache, keys};
+use dicom_cache_warmer::keys;
 
 use crate::helpers::{ServerDicomStateMeta, TestEnv, wait_for};
 
@@ -214,7 +215,7 @@ async fn a_deleted_event_removes_the_study_key_and_no_older_fill_brings_it_back(
 
     // A replica that read the rows before the deletion writes late: it is refused.
     let mut pipe = redis::pipe();
-    cache::add_fill_study(&mut pipe, &t, &s, "[\"stale\"]", filled_version, 60);
+    add_fill_study(&mut pipe, &t, &s, "[\"stale\"]", filled_version, 60);
     let written: Vec<i64> = pipe.query_async(&mut con).await.expect("late fill");
     assert_eq!(written, [0]);
     assert_eq!(env.get(&keys::study_metadata(&t, &s)).await, None);
@@ -227,7 +228,7 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
     let mut con = env.redis.clone();
     let fill = |json: &'static str, version: i64| {
         let mut pipe = redis::pipe();
-        cache::add_fill_study(&mut pipe, &t, &s, json, version, 60);
+        add_fill_study(&mut pipe, &t, &s, json, version, 60);
         pipe
     };
     let written: Vec<i64> = fill("[\"newer\"]", 20)

@@ -10,7 +10,7 @@ use redis::aio::ConnectionLike;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::fixtures::{self, CtInstance, FixtureError};
-use crate::study::DicomStateMeta;
+use dicom_cache_warmer::DicomStateMeta;
 
 /// Rows per INSERT: 29 binds each stays under PostgreSQL's 65,535 parameters.
 const INSERT_CHUNK: usize = 1_000;
@@ -346,8 +346,8 @@ mod tests {
         let paths = write_ct_series(dir.path(), "1.2.3", "1.2.3.4", 3).expect("write series");
         assert_eq!(paths.len(), 3);
         assert!(paths[2].ends_with("1.2.3.4.3.dcm"), "{:?}", paths[2]);
-        let options = crate::series_json::DocumentOptions::default();
-        let instance = crate::instance_file::read_instance(&paths[2], "1.2.3", "1.2.3.4", &options)
+        let options = dicom_cache_warmer::DocumentOptions::default();
+        let instance = dicom_cache_warmer::read_instance(&paths[2], "1.2.3", "1.2.3.4", &options)
             .expect("read instance");
         assert_eq!(instance.sop_instance_uid(), "1.2.3.4.3");
     }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::series_json::{self, DocumentOptions, InstanceJson, SeriesJsonError};
+use crate::series::convert::json::{self, DocumentOptions, InstanceJson, SeriesJsonError};
 
 /// Why an instance file could not be converted.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub fn read_instance(
             source,
         },
     })?;
-    series_json::instance_json(BufReader::new(file), study_uid, series_uid, opts)
+    json::instance_json(BufReader::new(file), study_uid, series_uid, opts)
         .map_err(|e| classify(path, e))
 }
 
@@ -83,7 +83,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::fixtures::{self, CtInstance};
+    use dcw_testkit::fixtures::{self, CtInstance};
 
     const STUDY: &str = "1.2.3";
     const SERIES: &str = "1.2.3.4";

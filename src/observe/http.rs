@@ -10,8 +10,8 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
-use crate::metrics;
+use crate::observe::health::Health;
+use crate::observe::metrics;
 
 #[derive(Clone)]
 struct Endpoint {

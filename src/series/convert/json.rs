@@ -1154,8 +1154,8 @@ mod tests {
     use serde_json::{Value as Json, json};
 
     use super::*;
-    use crate::fixtures::{self, CtInstance};
-    use crate::instance_file::read_instance;
+    use crate::series::convert::part10::read_instance;
+    use dcw_testkit::fixtures::{self, CtInstance};
 
     const STUDY: &str = "1.2.826.0.1.3680043.8.498.10";
     const SERIES: &str = "1.2.826.0.1.3680043.8.498.20";

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JwksSettings;
-use crate::metrics;
+use crate::observe::metrics::{self, Counter};
 
 /// The key the server reads the key set from (a fixed name: the server's contract).
 pub const KEY: &str = "jwksurl:8e646686-9d36-480b-95ea-1718b24c1c98";
@@ -462,7 +462,7 @@ impl Refresher {
                     .arg(self.ttl_secs)
                     .query_async(&mut *con)
                     .await?;
-                metrics::jwks_refreshed();
+                metrics::add(Counter::JwksRefreshes, 1);
                 metrics::jwks_age(Duration::ZERO);
                 let shown = &summary.kids[..summary.kids.len().min(KIDS_LOGGED)];
                 tracing::info!(
@@ -529,7 +529,7 @@ impl Refresher {
                 remaining_secs,
                 extended: true,
             } => {
-                metrics::jwks_ttl_extended();
+                metrics::add(Counter::JwksTtlExtensions, 1);
                 tracing::warn!(
                     host,
                     reason,

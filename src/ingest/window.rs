@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use foldhash::fast::RandomState;
 use indexmap::IndexMap;
 
-use crate::event::{self, EventError, EventKind};
 use crate::ids::{TenantId, Uid};
-use crate::stream::{Delivered, EntryId, StreamEntry};
+use crate::ingest::event::{self, EventError, EventKind};
+use crate::ingest::stream::{Delivered, EntryId, StreamEntry};
 
 /// A study, by tenant and Study Instance UID.
 pub type StudyKey = (TenantId, Uid);

@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::observe::metrics;
+
 /// A service the daemon depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -15,12 +17,19 @@ pub enum Service {
     Database,
 }
 
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Service {
+    /// The service's name in logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
             Self::Redis => "redis",
             Self::Database => "postgres",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -101,7 +110,7 @@ impl Health {
 
     /// Records a failed call; logs when the service was up or not yet seen.
     pub fn down(&self, service: Service, error: &dyn fmt::Display) {
-        crate::metrics::connection_error(service);
+        metrics::connection_error(service.label());
         if self.state(service).swap(DOWN, Ordering::Relaxed) != DOWN {
             tracing::warn!(%service, %error, "unreachable; retrying with backoff, entries stay pending");
         } else {

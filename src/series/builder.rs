@@ -2,25 +2,25 @@
 //! instance files (parsed in parallel on blocking threads), and publishes the document
 //! atomically, only while the lock is still held.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::db::{self, SeriesRow};
-use crate::ids::{TenantId, Uid};
-use crate::instance_file::read_instance;
-use crate::lock::{LOCK_RENEW_EVERY, SeriesLock};
-use crate::schedule::{Schedule, SeriesRef};
-use crate::series_json::{self, DocumentOptions};
-use crate::{keys, metrics, telemetry};
+use crate::ids::Uid;
+use crate::keys;
+use crate::observe::{metrics, telemetry};
+use crate::series::convert::json::{self, DocumentOptions};
+use crate::series::convert::part10::read_instance;
+use crate::series::files::{self, document_path};
+use crate::series::lock::{LOCK_RENEW_EVERY, SeriesLock};
+use crate::series::rows::{self, SeriesRow};
+use crate::series::schedule::{Schedule, SeriesRef};
 
 /// How often the schedule is looked at for due series.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -44,7 +44,7 @@ pub enum BuildFailure {
     NoInstances(PathBuf),
     /// An instance file is missing or cannot be parsed.
     #[error("{0}")]
-    File(#[from] crate::instance_file::InstanceFileError),
+    File(#[from] crate::series::convert::part10::InstanceFileError),
     /// The series folder cannot be listed.
     #[error("list {path}: {source}")]
     ListFolder {
@@ -98,6 +98,22 @@ pub enum BuildOutcome {
     Failed(String),
     /// The lock was lost during the build: nothing published, built again later.
     LockLost,
+}
+
+/// The metric label of a build interrupted by a Redis or PostgreSQL fault (retried later).
+const INTERRUPTED: &str = "interrupted";
+
+impl BuildOutcome {
+    /// The outcome's label in `dcw_series_builds_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Built { .. } => "built",
+            Self::Busy => "lock_busy",
+            Self::Gone => "gone",
+            Self::Failed(_) => "failed",
+            Self::LockLost => "lock_lost",
+        }
+    }
 }
 
 /// Builds series documents for one consumer group's schedule.
@@ -176,11 +192,16 @@ impl Builder {
     async fn build_logged(&self, series: SeriesRef, lease: i64) {
         let started = Instant::now();
         match self.build(&series, lease).await {
-            Ok(outcome) => metrics::series_build(&outcome, started.elapsed()),
+            Ok(outcome) => {
+                if let BuildOutcome::Built { instances, .. } = outcome {
+                    metrics::series_built(instances, started.elapsed());
+                }
+                metrics::series_build(outcome.label());
+            }
             Err(error) => {
                 tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %error,
                     "series build interrupted: it stays scheduled");
-                metrics::series_build_interrupted();
+                metrics::series_build(INTERRUPTED);
             }
         }
     }
@@ -216,7 +237,7 @@ impl Builder {
         lock: &SeriesLock,
     ) -> Result<BuildOutcome, BuildError> {
         let Some(row) =
-            db::series_row(&self.db, &series.tenant, &series.study, &series.series).await?
+            rows::series_row(&self.db, &series.tenant, &series.study, &series.series).await?
         else {
             return Ok(BuildOutcome::Gone);
         };
@@ -246,7 +267,7 @@ impl Builder {
             Err(failure) => {
                 let failure = telemetry::one_line(&failure);
                 tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %failure, "series document not built");
-                self.record(series, &row, db::JSON_STATUS_FAILED).await?;
+                self.record(series, &row, rows::JSON_STATUS_FAILED).await?;
                 Ok(BuildOutcome::Failed(failure))
             }
         }
@@ -296,7 +317,7 @@ impl Builder {
             }
         }
         let count = instances.len();
-        Ok(Ok((series_json::series_document(instances), count)))
+        Ok(Ok((json::series_document(instances), count)))
     }
 
     /// The files of the instances the database lists, or every `.dcm` file of the folder
@@ -307,7 +328,7 @@ impl Builder {
         folder: &Path,
     ) -> Result<Result<Vec<PathBuf>, BuildFailure>, BuildError> {
         let sops =
-            db::series_instances(&self.db, &series.tenant, &series.study, &series.series).await?;
+            rows::series_instances(&self.db, &series.tenant, &series.study, &series.series).await?;
         if !sops.is_empty() {
             let mut files = Vec::with_capacity(sops.len());
             for sop in sops {
@@ -320,7 +341,7 @@ impl Builder {
         }
         let listed = {
             let folder = folder.to_owned();
-            tokio::task::spawn_blocking(move || list_dcm_files(&folder)).await?
+            tokio::task::spawn_blocking(move || files::list_dcm_files(&folder)).await?
         };
         Ok(match listed {
             Ok(files) if files.is_empty() => Err(BuildFailure::NoInstances(folder.to_owned())),
@@ -355,7 +376,7 @@ impl Builder {
         };
         let temporary = {
             let (target, bytes) = (path.clone(), bytes.to_vec());
-            tokio::task::spawn_blocking(move || write_temporary(&target, &bytes))
+            tokio::task::spawn_blocking(move || files::write_temporary(&target, &bytes))
                 .await?
                 .map_err(write_error)?
         };
@@ -367,7 +388,7 @@ impl Builder {
         }
         {
             let target = path.clone();
-            tokio::task::spawn_blocking(move || commit(&temporary, &target))
+            tokio::task::spawn_blocking(move || files::commit(&temporary, &target))
                 .await?
                 .map_err(write_error)?;
         }
@@ -376,7 +397,7 @@ impl Builder {
             lock.set_if_held(&mut *con, &key, bytes, self.settings.cache.study_ttl_secs)
                 .await?;
         }
-        self.record(series, row, db::JSON_STATUS_BUILT).await?;
+        self.record(series, row, rows::JSON_STATUS_BUILT).await?;
         tracing::info!(tenant = %series.tenant, series_uid = %series.series, instances, bytes = bytes.len(), "series document published");
         Ok(BuildOutcome::Built {
             instances,
@@ -391,7 +412,7 @@ impl Builder {
         status: i32,
     ) -> Result<(), BuildError> {
         if self.settings.series.record_status {
-            db::record_json_status(
+            rows::record_json_status(
                 &self.db,
                 &series.tenant,
                 &series.study,
@@ -412,94 +433,4 @@ pub fn schedule_of(settings: &Settings) -> Schedule {
         settings.series.quiet_ms,
         settings.series.max_delay_ms,
     )
-}
-
-/// `{json_root}/{tenant}/metadata/{study_date_origin}/{study}/{series}.json`, the server's path.
-pub fn document_path(
-    json_root: &Path,
-    tenant: &TenantId,
-    study_date_origin: &str,
-    study: &Uid,
-    series: &Uid,
-) -> PathBuf {
-    json_root
-        .join(tenant.as_str())
-        .join("metadata")
-        .join(study_date_origin)
-        .join(study.as_str())
-        .join(format!("{series}.json"))
-}
-
-fn list_dcm_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "dcm") {
-            files.push(path);
-        }
-    }
-    Ok(files)
-}
-
-/// Writes `bytes` to a new temporary file beside `path` (creating the folders) and syncs it.
-fn write_temporary(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    let folder = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = folder.join(format!(".{name}.{:016x}.tmp", rand::rng().random::<u64>()));
-    let mut file = std::fs::File::create_new(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(temporary)
-}
-
-/// Renames the temporary file over `path` and syncs the folder, so the rename survives a
-/// crash; a reader sees the old document or the new one, never a part.
-fn commit(temporary: &Path, path: &Path) -> std::io::Result<()> {
-    std::fs::rename(temporary, path)?;
-    if let Some(folder) = path.parent() {
-        std::fs::File::open(folder)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Removes a deleted study's series documents (every date folder of the tenant) and
-/// returns the series they were for, so their Redis copies can go too.
-pub fn remove_study_documents(
-    json_root: &Path,
-    tenant: &TenantId,
-    study: &Uid,
-) -> std::io::Result<Vec<Uid>> {
-    let mut removed = Vec::new();
-    let dates = match std::fs::read_dir(json_root.join(tenant.as_str()).join("metadata")) {
-        Ok(dates) => dates,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(error) => return Err(error),
-    };
-    for date in dates {
-        let folder = date?.path().join(study.as_str());
-        let documents = match std::fs::read_dir(&folder) {
-            Ok(documents) => documents,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(error),
-        };
-        for document in documents {
-            let path = document?.path();
-            let series = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| Uid::parse(n).ok());
-            if let Some(series) = series {
-                std::fs::remove_file(&path)?;
-                removed.push(series);
-            }
-        }
-        // Only an empty folder goes; anything else left there is not ours to delete.
-        let _ = std::fs::remove_dir(&folder);
-    }
-    Ok(removed)
 }

@@ -1,18 +1,15 @@
 //! The daemon's metrics, named in one place, and the Prometheus recorder.
-
-use std::time::Duration;
+//!
+//! A leaf: callers pass plain values and label strings (their outcome types name their
+//! own labels), so this module imports nothing from the crate.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use ::metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::health::Service;
-use crate::pipeline::BatchReport;
-use crate::series_builder::BuildOutcome;
-use crate::stream::Backlog;
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -20,6 +17,90 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 /// Batch size buckets, in entries.
 const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0];
+
+/// A counter without labels.
+#[derive(Debug, Clone, Copy)]
+pub enum Counter {
+    /// Stream entries read.
+    EntriesRead,
+    /// Stream entries acknowledged.
+    EntriesAcked,
+    /// Entries claimed from idle consumers.
+    EntriesReclaimed,
+    /// Idle consumers without pending entries deleted.
+    ConsumersDeleted,
+    /// Study keys written.
+    StudiesFilled,
+    /// Study fills refused because a newer snapshot was cached.
+    StudiesStale,
+    /// Study keys removed after a deleted event.
+    StudiesRemoved,
+    /// Studies not in the database yet (entries left pending).
+    StudiesWaiting,
+    /// Instances in published series documents.
+    SeriesInstances,
+    /// Key sets fetched, checked and written.
+    JwksRefreshes,
+    /// Cached key sets given a full TTL again while the provider was down.
+    JwksTtlExtensions,
+}
+
+impl Counter {
+    const ALL: [Self; 11] = [
+        Self::EntriesRead,
+        Self::EntriesAcked,
+        Self::EntriesReclaimed,
+        Self::ConsumersDeleted,
+        Self::StudiesFilled,
+        Self::StudiesStale,
+        Self::StudiesRemoved,
+        Self::StudiesWaiting,
+        Self::SeriesInstances,
+        Self::JwksRefreshes,
+        Self::JwksTtlExtensions,
+    ];
+
+    /// The metric's name and help text.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Self::EntriesRead => ("dcw_entries_read_total", "Stream entries read"),
+            Self::EntriesAcked => ("dcw_entries_acked_total", "Stream entries acknowledged"),
+            Self::EntriesReclaimed => (
+                "dcw_entries_reclaimed_total",
+                "Entries claimed from idle consumers",
+            ),
+            Self::ConsumersDeleted => (
+                "dcw_consumers_deleted_total",
+                "Idle consumers without pending entries deleted",
+            ),
+            Self::StudiesFilled => ("dcw_studies_filled_total", "Study keys written"),
+            Self::StudiesStale => (
+                "dcw_studies_stale_total",
+                "Study fills refused because a newer snapshot was cached",
+            ),
+            Self::StudiesRemoved => (
+                "dcw_studies_removed_total",
+                "Study keys removed after a deleted event",
+            ),
+            Self::StudiesWaiting => (
+                "dcw_studies_waiting_total",
+                "Studies not in the database yet (entries left pending)",
+            ),
+            Self::SeriesInstances => (
+                "dcw_series_instances_total",
+                "Instances in published series documents",
+            ),
+            Self::JwksRefreshes => (
+                "dcw_jwks_refreshes_total",
+                "Identity provider key sets fetched, checked and written",
+            ),
+            Self::JwksTtlExtensions => (
+                "dcw_jwks_ttl_extensions_total",
+                "Cached key sets about to expire while the provider was down, given a full TTL again",
+            ),
+        }
+    }
+}
 
 /// A Redis round trip the daemon makes.
 #[derive(Debug, Clone, Copy)]
@@ -63,46 +144,14 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("dcw_batch_entries".into()), &SIZE_BUCKETS)?
         .install_recorder()?;
-    describe_counter!("dcw_entries_read_total", Unit::Count, "Stream entries read");
-    describe_counter!(
-        "dcw_entries_acked_total",
-        Unit::Count,
-        "Stream entries acknowledged"
-    );
+    for counter in Counter::ALL {
+        let (name, help) = counter.describe();
+        describe_counter!(name, Unit::Count, help);
+    }
     describe_counter!(
         "dcw_entries_dead_lettered_total",
         Unit::Count,
         "Entries moved to the dead-letter stream, by reason"
-    );
-    describe_counter!(
-        "dcw_studies_filled_total",
-        Unit::Count,
-        "Study keys written"
-    );
-    describe_counter!(
-        "dcw_studies_stale_total",
-        Unit::Count,
-        "Study fills refused because a newer snapshot was cached"
-    );
-    describe_counter!(
-        "dcw_studies_removed_total",
-        Unit::Count,
-        "Study keys removed after a deleted event"
-    );
-    describe_counter!(
-        "dcw_studies_waiting_total",
-        Unit::Count,
-        "Studies not in the database yet (entries left pending)"
-    );
-    describe_counter!(
-        "dcw_entries_reclaimed_total",
-        Unit::Count,
-        "Entries claimed from idle consumers"
-    );
-    describe_counter!(
-        "dcw_consumers_deleted_total",
-        Unit::Count,
-        "Idle consumers without pending entries deleted"
     );
     describe_counter!(
         "dcw_negative_rechecks_total",
@@ -140,30 +189,15 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Count,
         "Scheduled series handled, by result: built, failed, lock_busy (contention), lock_lost, gone, interrupted"
     );
-    describe_counter!(
-        "dcw_series_instances_total",
-        Unit::Count,
-        "Instances in published series documents"
-    );
     describe_histogram!(
         "dcw_series_build_duration_seconds",
         Unit::Seconds,
         "Time to build and publish one series document"
     );
     describe_counter!(
-        "dcw_jwks_refreshes_total",
-        Unit::Count,
-        "Identity provider key sets fetched, checked and written"
-    );
-    describe_counter!(
         "dcw_jwks_refresh_failures_total",
         Unit::Count,
         "Key set refreshes that failed (the cached key set kept), by reason: timeout, network, status, too_large, invalid, private_key, redis"
-    );
-    describe_counter!(
-        "dcw_jwks_ttl_extensions_total",
-        Unit::Count,
-        "Cached key sets about to expire while the provider was down, given a full TTL again"
     );
     describe_gauge!(
         "dcw_jwks_age_seconds",
@@ -186,6 +220,11 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         "Time of one PostgreSQL query"
     );
     Ok(handle)
+}
+
+/// Adds `count` to a counter without labels.
+pub fn add(counter: Counter, count: usize) {
+    counter!(counter.describe().0).increment(count as u64);
 }
 
 /// Counts one Redis round trip.
@@ -219,82 +258,43 @@ pub fn negative_recheck(outcome: RecheckOutcome) {
     counter!("dcw_negative_rechecks_total", "outcome" => outcome).increment(1);
 }
 
-/// Counts entries claimed from idle consumers.
-pub fn entries_reclaimed(count: usize) {
-    counter!("dcw_entries_reclaimed_total").increment(count as u64);
-}
-
-/// Counts idle consumers deleted.
-pub fn consumers_deleted(count: usize) {
-    counter!("dcw_consumers_deleted_total").increment(count as u64);
-}
-
-/// Sets the group's lag, pending count and dead-letter length, as last read.
-pub fn stream_gauges(backlog: Option<Backlog>, dead_letters: u64) {
-    if let Some(backlog) = backlog {
-        gauge!("dcw_stream_pending").set(backlog.pending as f64);
-        if let Some(lag) = backlog.lag {
-            gauge!("dcw_stream_lag").set(lag as f64);
-        }
+/// Sets the group's pending count and lag (when the group exists) and the dead-letter
+/// length, as last read.
+pub fn stream_gauges(pending: Option<usize>, lag: Option<usize>, dead_letters: u64) {
+    if let Some(pending) = pending {
+        gauge!("dcw_stream_pending").set(pending as f64);
+    }
+    if let Some(lag) = lag {
+        gauge!("dcw_stream_lag").set(lag as f64);
     }
     gauge!("dcw_dead_letter_length").set(dead_letters as f64);
 }
 
-/// Records what became of one scheduled series.
-pub fn series_build(outcome: &BuildOutcome, elapsed: Duration) {
-    let result = match outcome {
-        BuildOutcome::Built { instances, .. } => {
-            counter!("dcw_series_instances_total").increment(*instances as u64);
-            histogram!("dcw_series_build_duration_seconds").record(elapsed);
-            "built"
-        }
-        BuildOutcome::Busy => "lock_busy",
-        BuildOutcome::Gone => "gone",
-        BuildOutcome::Failed(_) => "failed",
-        BuildOutcome::LockLost => "lock_lost",
-    };
+/// Counts what became of one scheduled series (`result` is the outcome's label).
+pub fn series_build(result: &'static str) {
     counter!("dcw_series_builds_total", "result" => result).increment(1);
 }
 
-/// Counts a series build interrupted by a Redis or PostgreSQL fault (retried later).
-pub fn series_build_interrupted() {
-    counter!("dcw_series_builds_total", "result" => "interrupted").increment(1);
+/// Records a published series document: its instances and the time it took.
+pub fn series_built(instances: usize, elapsed: Duration) {
+    add(Counter::SeriesInstances, instances);
+    histogram!("dcw_series_build_duration_seconds").record(elapsed);
 }
 
-/// Counts a failed call to `service`.
-pub fn connection_error(service: Service) {
-    counter!("dcw_connection_errors_total", "service" => service.to_string()).increment(1);
+/// Counts a failed call to `service` (its label).
+pub fn connection_error(service: &'static str) {
+    counter!("dcw_connection_errors_total", "service" => service).increment(1);
 }
 
-/// Counts entries read from the stream.
-pub fn entries_read(count: usize) {
-    counter!("dcw_entries_read_total").increment(count as u64);
-}
-
-/// Records what a batch did.
-pub fn batch_done(report: &BatchReport, elapsed: Duration) {
-    counter!("dcw_entries_acked_total").increment(report.acked as u64);
-    counter!("dcw_studies_filled_total").increment(report.studies_filled as u64);
-    counter!("dcw_studies_stale_total").increment(report.studies_stale as u64);
-    counter!("dcw_studies_removed_total").increment(report.studies_removed as u64);
-    counter!("dcw_studies_waiting_total").increment(report.studies_waiting as u64);
-    histogram!("dcw_batch_entries").record(report.entries as f64);
+/// Records a batch's size and duration.
+pub fn batch_done(entries: usize, elapsed: Duration) {
+    histogram!("dcw_batch_entries").record(entries as f64);
     histogram!("dcw_batch_duration_seconds").record(elapsed);
-}
-
-/// Counts a key set written after a successful fetch.
-pub fn jwks_refreshed() {
-    counter!("dcw_jwks_refreshes_total").increment(1);
 }
 
 /// Counts a failed key set refresh for `reason` (a short, bounded name).
 pub fn jwks_refresh_failed(reason: &'static str) {
     counter!("dcw_jwks_refresh_failures_total", "reason" => reason).increment(1);
-}
-
-/// Counts a cached key set whose TTL was extended while the provider was down.
-pub fn jwks_ttl_extended() {
-    counter!("dcw_jwks_ttl_extensions_total").increment(1);
 }
 
 /// Sets the age of the cached key set.

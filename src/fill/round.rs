@@ -3,21 +3,23 @@
 
 use std::ops::AddAssign;
 use std::path::Path;
+use std::time::Duration;
 
 use redis::RedisError;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::event::EventKind;
-use crate::health::Service;
+use crate::fill::recheck::Rechecks;
+use crate::fill::refresh::{self, Plan};
 use crate::ids::{TenantId, Uid};
-use crate::metrics::{self, RoundTrip};
-use crate::recheck::Rechecks;
-use crate::refresh::{self, Plan};
-use crate::schedule::{Schedule, SeriesRef};
-use crate::stream::{self, Delivered, EntryId, StreamEntry};
-use crate::window::{Study, Window};
-use crate::{keys, series_builder};
+use crate::ingest::event::EventKind;
+use crate::ingest::stream::{self, Delivered, EntryId, StreamEntry};
+use crate::ingest::window::{Study, Window};
+use crate::keys;
+use crate::observe::health::Service;
+use crate::observe::metrics::{self, Counter, RoundTrip};
+use crate::series::files;
+use crate::series::schedule::{Schedule, SeriesRef};
 
 /// The connections and helpers a batch needs.
 #[derive(Clone)]
@@ -51,6 +53,18 @@ pub struct BatchReport {
     pub studies_waiting: usize,
     /// Whether PostgreSQL was queried.
     pub queried_database: bool,
+}
+
+impl BatchReport {
+    /// Adds what the batch did to the metrics.
+    pub fn record(&self, elapsed: Duration) {
+        metrics::add(Counter::EntriesAcked, self.acked);
+        metrics::add(Counter::StudiesFilled, self.studies_filled);
+        metrics::add(Counter::StudiesStale, self.studies_stale);
+        metrics::add(Counter::StudiesRemoved, self.studies_removed);
+        metrics::add(Counter::StudiesWaiting, self.studies_waiting);
+        metrics::batch_done(self.entries, elapsed);
+    }
 }
 
 impl AddAssign for BatchReport {
@@ -356,7 +370,7 @@ async fn remove_series_documents(
 ) {
     let (root, owned_tenant, owned_study) = (json_root.to_owned(), tenant.clone(), study.clone());
     let removed = tokio::task::spawn_blocking(move || {
-        series_builder::remove_study_documents(&root, &owned_tenant, &owned_study)
+        files::remove_study_documents(&root, &owned_tenant, &owned_study)
     })
     .await;
     match removed {

@@ -9,11 +9,11 @@ use redis::{Pipeline, RedisResult, Value};
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::event::EventKind;
+use crate::fill::{cache, query, study};
 use crate::ids::{TenantId, Uid};
-use crate::metrics::{self, RoundTrip};
-use crate::schedule::{Schedule, SeriesRef};
-use crate::{cache, db, study};
+use crate::ingest::event::EventKind;
+use crate::observe::metrics::{self, RoundTrip};
+use crate::series::schedule::{Schedule, SeriesRef};
 
 /// What the snapshot says to do with one study's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub async fn plan(
     }
     let keys: Vec<(&TenantId, &Uid)> = studies.iter().map(|(t, s, _)| (*t, *s)).collect();
     let started = Instant::now();
-    let snapshot = db::fetch_studies(db, &keys).await?;
+    let snapshot = query::fetch_studies(db, &keys).await?;
     metrics::db_query(started.elapsed());
     let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
         study::by_study(&snapshot.rows)

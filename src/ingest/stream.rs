@@ -7,7 +7,7 @@ use redis::aio::ConnectionLike;
 use redis::{Pipeline, RedisError, RedisResult, RedisWrite, ToRedisArgs, ToSingleRedisArg, Value};
 
 use crate::config::StreamSettings;
-use crate::event::Field;
+use crate::ingest::event::Field;
 
 /// A stream entry id (`<milliseconds>-<sequence>`) as its two numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

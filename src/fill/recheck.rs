@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ids::{TenantId, Uid};
 use crate::keys;
-use crate::metrics::{self, RecheckOutcome};
+use crate::observe::metrics::{self, RecheckOutcome};
 
 /// Batches of filled studies waiting for their second look; beyond this, rechecks are
 /// skipped (the flag's own TTL is then the bound) rather than memory growing.

@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dicom_cache_warmer::config::{ServiceUrl, Settings, StreamSettings};
+use dcw_testkit::synthetic::{self, Dataset, DatasetSpec, InstanceEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
-use dicom_cache_warmer::instance_file::read_instance;
-use dicom_cache_warmer::series_json::{self, DocumentOptions, InstanceJson};
-use dicom_cache_warmer::synthetic::{self, Dataset, DatasetSpec, InstanceEvent};
-use dicom_cache_warmer::{app, db, event, keys, metrics, redis_conn, stream, study, telemetry};
+use dicom_cache_warmer::keys;
+use dicom_cache_warmer::{
+    Backlog, DicomStateMeta, DocumentOptions, InstanceJson, MIGRATOR, ServiceUrl, Settings,
+    StreamSettings, ack, backlog, blocking_connection, by_study, command_pool, connection_info,
+    encode_study, ensure_group, init_logging, lazy_pool, metrics_handle, parse_event,
+    read_instance, read_new, run,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
@@ -187,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
         // As the daemon binary is run: one line per batch would be the bench's own noise.
         settings.log.level = "warn".into();
     }
-    telemetry::init(&settings.log);
+    init_logging(&settings.log);
     match cli.command {
         Command::Load(args) => load(&settings, &args).await,
         Command::Drain(args) => drain(settings, cli.config.as_deref(), &args).await,
@@ -198,9 +201,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn load(settings: &Settings, args: &DatasetArgs) -> anyhow::Result<()> {
     let dataset = Dataset::generate(&args.spec(&args.tenant_prefix));
-    let pool = db::lazy_pool(&settings.database)?;
+    let pool = lazy_pool(&settings.database)?;
     dataset.insert(&pool).await.context("insert the studies")?;
-    let mut con = redis_conn::blocking_connection(&settings.redis, Duration::ZERO).await?;
+    let mut con = blocking_connection(&settings.redis, Duration::ZERO).await?;
     dataset
         .publish(&mut con, &settings.stream.key)
         .await
@@ -251,7 +254,7 @@ impl Scratch {
             tenant_prefix: format!("bench{id}t"),
         };
         let pool = scratch.pool()?;
-        let migrated = db::MIGRATOR.run(&pool).await;
+        let migrated = MIGRATOR.run(&pool).await;
         pool.close().await;
         if let Err(error) = migrated {
             scratch.cleanup().await;
@@ -261,11 +264,11 @@ impl Scratch {
     }
 
     fn pool(&self) -> anyhow::Result<PgPool> {
-        Ok(db::lazy_pool(&self.settings.database)?)
+        Ok(lazy_pool(&self.settings.database)?)
     }
 
     async fn redis(&self) -> anyhow::Result<MultiplexedConnection> {
-        Ok(redis_conn::blocking_connection(&self.settings.redis, Duration::ZERO).await?)
+        Ok(blocking_connection(&self.settings.redis, Duration::ZERO).await?)
     }
 
     /// Drops the scratch database and deletes the scratch streams and keys.
@@ -366,9 +369,9 @@ impl Daemon {
         config: Option<&Path>,
     ) -> anyhow::Result<Self> {
         if args.daemon == DaemonMode::InProcess {
-            metrics::handle().context("install the metrics recorder")?;
+            metrics_handle().context("install the metrics recorder")?;
             let cancel = CancellationToken::new();
-            let task = tokio::spawn(app::run(Arc::new(settings.clone()), cancel.clone()));
+            let task = tokio::spawn(run(Arc::new(settings.clone()), cancel.clone()));
             return Ok(Self::InProcess { cancel, task });
         }
         let http = SocketAddr::from((
@@ -415,7 +418,7 @@ impl Daemon {
                 path.display(),
                 child.0.id()
             ),
-            Self::InProcess { .. } => "in-process (the library's app::run)".into(),
+            Self::InProcess { .. } => "in-process (the library's run)".into(),
         }
     }
 
@@ -482,7 +485,7 @@ impl Daemon {
                 ensure!(status == 200, "GET /metrics answered {status}");
                 body
             }
-            Self::InProcess { .. } => metrics::handle().context("no metrics recorder")?.render(),
+            Self::InProcess { .. } => metrics_handle().context("no metrics recorder")?.render(),
         };
         Ok(Counters {
             db_queries: metric_sum(&rendered, "dcw_db_queries_total"),
@@ -804,7 +807,7 @@ async fn drain_on(
     let publish = published.elapsed();
     // The group exists before the daemon starts, so that the backlog is watched from the
     // first delivery on (the daemon's own create then finds it).
-    stream::ensure_group(&mut con, &settings.stream).await?;
+    ensure_group(&mut con, &settings.stream).await?;
 
     let load_before = load_average();
     let mark = CpuMark::now(&mut con, &pool).await;
@@ -839,7 +842,7 @@ async fn drain_on(
         daemon_description,
         daemon_mode,
         events: dataset.events.len(),
-        studies: study::by_study(&dataset.rows).count(),
+        studies: by_study(&dataset.rows).count(),
         publish,
         startup,
         daemon: DrainRun {
@@ -879,7 +882,7 @@ async fn wait_drained(
     let mut first_delivery = None;
     loop {
         daemon.check_running()?;
-        let backlog = stream::backlog(con, settings).await?;
+        let backlog = backlog(con, settings).await?;
         let now = Instant::now();
         if let Some(backlog) = backlog {
             let delivered = backlog.pending > 0 || backlog.lag.is_some_and(|lag| lag < events);
@@ -901,14 +904,14 @@ async fn wait_drained(
 
 /// The study keys of the dataset, each with the JSON it must hold.
 fn expected_study_keys(dataset: &Dataset) -> anyhow::Result<Vec<(String, String, String)>> {
-    study::by_study(&dataset.rows)
+    by_study(&dataset.rows)
         .map(|rows| {
             let tenant = TenantId::parse(&rows[0].tenant_id)?;
             let uid = Uid::parse(&rows[0].study_uid)?;
             Ok((
                 keys::study_metadata(&tenant, &uid),
                 keys::study_version(&tenant, &uid),
-                study::encode(rows),
+                encode_study(rows),
             ))
         })
         .collect()
@@ -985,14 +988,14 @@ async fn reference_drain(
         ..scratch.settings.stream.clone()
     };
     dataset.publish(con, &stream.key).await?;
-    stream::ensure_group(con, &stream).await?;
+    ensure_group(con, &stream).await?;
 
     let mark = CpuMark::now(con, pool).await;
     let mut settings = scratch.settings.clone();
     settings.database.max_connections = u32::try_from(workers)?;
     settings.redis.pool_size = workers;
-    let db = db::lazy_pool(&settings.database)?;
-    let redis = redis_conn::command_pool(&settings.redis)?;
+    let db = lazy_pool(&settings.database)?;
+    let redis = command_pool(&settings.redis)?;
     let counts = Arc::new(ReferenceCounts::default());
     let ttl = settings.cache.study_ttl_secs;
     // Connections are opened before the clock starts, as a running worker has them.
@@ -1013,7 +1016,7 @@ async fn reference_drain(
     let elapsed = started.elapsed();
     let cpu = mark.used(con, pool, None).await;
     db.close().await;
-    let backlog = stream::backlog(con, &stream).await?;
+    let backlog = backlog(con, &stream).await?;
     ensure!(
         backlog.is_some_and(|b| b.is_drained()),
         "the reference workers left entries: {backlog:?}"
@@ -1039,14 +1042,14 @@ async fn reference_worker(
 ) -> anyhow::Result<()> {
     let mut con = redis.get().await?;
     loop {
-        let entries = stream::read_new(&mut *con, stream, true).await?;
+        let entries = read_new(&mut *con, stream, true).await?;
         counts.round_trips.fetch_add(1, Ordering::Relaxed);
         if entries.is_empty() {
             return Ok(());
         }
         for entry in &entries {
-            if let Ok(event) = event::parse(&entry.fields) {
-                let rows: Vec<study::DicomStateMeta> = sqlx::query_as(REFERENCE_SELECT)
+            if let Ok(event) = parse_event(&entry.fields) {
+                let rows: Vec<DicomStateMeta> = sqlx::query_as(REFERENCE_SELECT)
                     .bind(event.tenant.as_str())
                     .bind(event.study.as_str())
                     .fetch_all(db)
@@ -1057,7 +1060,7 @@ async fn reference_worker(
                         .atomic()
                         .cmd("SET")
                         .arg(keys::study_metadata(&event.tenant, &event.study))
-                        .arg(study::encode(&rows))
+                        .arg(encode_study(&rows))
                         .arg("EX")
                         .arg(ttl_secs)
                         .ignore()
@@ -1070,7 +1073,7 @@ async fn reference_worker(
                     counts.fills.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            stream::ack(&mut *con, stream, &[entry.id]).await?;
+            ack(&mut *con, stream, &[entry.id]).await?;
             counts.round_trips.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1248,7 +1251,7 @@ struct Phase {
     latencies: Vec<Duration>,
     load: [f64; 3],
     background_rate: Option<f64>,
-    backlog_after: Option<stream::Backlog>,
+    backlog_after: Option<Backlog>,
 }
 
 struct LatencyReport {
@@ -1298,7 +1301,7 @@ async fn latency_on(
     analyze(&pool).await?;
     let mut con = scratch.redis().await?;
     let machine = machine(&mut con, &pool).await;
-    stream::ensure_group(&mut con, &settings.stream).await?;
+    ensure_group(&mut con, &settings.stream).await?;
 
     let mut daemon = Daemon::start(&args.daemon, settings, config).await?;
     let daemon_description = daemon.describe();
@@ -1338,7 +1341,7 @@ async fn latency_on(
             latencies: loaded?,
             load: load_average(),
             background_rate: Some(sent as f64 / published_for.as_secs_f64()),
-            backlog_after: stream::backlog(&mut con, &settings.stream).await?,
+            backlog_after: backlog(&mut con, &settings.stream).await?,
         };
         daemon.check_running()?;
         anyhow::Ok((idle, loaded))
@@ -1347,11 +1350,11 @@ async fn latency_on(
     daemon.stop().await?;
     let (idle, loaded) = phases?;
 
-    let expected: Vec<(String, String)> = study::by_study(&probe_studies.rows)
+    let expected: Vec<(String, String)> = by_study(&probe_studies.rows)
         .map(|rows| {
             let tenant = TenantId::parse(&rows[0].tenant_id)?;
             let uid = Uid::parse(&rows[0].study_uid)?;
-            anyhow::Ok((keys::study_metadata(&tenant, &uid), study::encode(rows)))
+            anyhow::Ok((keys::study_metadata(&tenant, &uid), encode_study(rows)))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut wrong_probe_keys = 0;
@@ -1388,7 +1391,7 @@ async fn run_probes(
         probes.to_vec(),
     );
     tokio::task::spawn_blocking(move || {
-        let client = redis::Client::open(redis_conn::connection_info(&redis)?)?;
+        let client = redis::Client::open(connection_info(&redis)?)?;
         let mut con = client.get_connection_with_timeout(redis.command_timeout())?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut latencies = Vec::with_capacity(probes.len());
@@ -1422,14 +1425,14 @@ async fn run_probes(
 /// Publishes `events` (over again when they run out) at `rate` per second until `stop`;
 /// returns how many were published and for how long.
 fn publish_paced(
-    redis: &dicom_cache_warmer::config::RedisSettings,
+    redis: &dicom_cache_warmer::RedisSettings,
     stream_key: &str,
     events: &[InstanceEvent],
     rate: u64,
     stop: &AtomicBool,
 ) -> anyhow::Result<(u64, Duration)> {
     ensure!(!events.is_empty(), "no background events");
-    let client = redis::Client::open(redis_conn::connection_info(redis)?)?;
+    let client = redis::Client::open(connection_info(redis)?)?;
     let mut con = client.get_connection_with_timeout(redis.command_timeout())?;
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -1558,7 +1561,7 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     let can_evict = synced && evict(&paths);
-    let document = series_document(&paths, 1)?;
+    let document = build_series_document(&paths, 1)?;
     let file_bytes = std::fs::metadata(&paths[0])?.len();
     let threads = args
         .threads
@@ -1569,7 +1572,7 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
     println!(
         "dcw-bench series: {} CT instances of {file_bytes} bytes (pixel data {} bytes) read up to the pixel data; median of {} rounds",
         args.instances,
-        2 * usize::from(dicom_cache_warmer::fixtures::IMAGE_SIZE).pow(2),
+        2 * usize::from(dcw_testkit::fixtures::IMAGE_SIZE).pow(2),
         args.rounds
     );
     println!(
@@ -1589,7 +1592,7 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
         }
         for &threads in &thread_counts {
             if !cold {
-                series_document(&paths, threads)?;
+                build_series_document(&paths, threads)?;
             }
             let mut times = Vec::with_capacity(args.rounds);
             for _ in 0..args.rounds {
@@ -1597,7 +1600,7 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
                     evict(&paths);
                 }
                 let started = Instant::now();
-                std::hint::black_box(series_document(&paths, threads)?);
+                std::hint::black_box(build_series_document(&paths, threads)?);
                 times.push(started.elapsed());
             }
             times.sort_unstable();
@@ -1636,7 +1639,7 @@ fn series_in(dir: &Path, args: &SeriesArgs) -> anyhow::Result<()> {
 /// The series document through the daemon's code: each file read up to its pixel data and
 /// converted on `threads` threads (taking the next file as they go, as the daemon's
 /// blocking tasks do), then joined.
-fn series_document(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<u8>> {
+fn build_series_document(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<u8>> {
     let convert = |path: &Path| -> anyhow::Result<InstanceJson> {
         Ok(read_instance(
             path,
@@ -1667,7 +1670,7 @@ fn series_document(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<u8>>
         }
         anyhow::Ok(instances)
     })?;
-    Ok(series_json::series_document(instances))
+    Ok(dicom_cache_warmer::series_document(instances))
 }
 
 /// Drops the files from the page cache (POSIX_FADV_DONTNEED through GNU dd), leaving the

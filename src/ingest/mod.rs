@@ -1,0 +1,8 @@
+//! The stream side: reading entries (new and reclaimed), parsing and validating them into
+//! events, coalescing them by study in a window, and the stream commands that acknowledge
+//! or dead-letter them.
+
+pub mod event;
+pub mod reader;
+pub mod stream;
+pub mod window;

@@ -1,0 +1,110 @@
+//! The stream reader: a dedicated connection for blocking reads, with the next read
+//! prefetched while the previous one's entries are parsed into the window.
+
+use std::panic;
+
+use redis::RedisResult;
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::ingest::stream::{self, StreamEntry};
+use crate::ingest::window::Window;
+use crate::observe::health::Health;
+use crate::observe::metrics::{self, Counter, RoundTrip};
+use crate::redis_conn;
+
+/// The stream reader's dedicated connection, opened (and the group ensured) on demand.
+#[derive(Default)]
+pub struct Reader {
+    con: Option<MultiplexedConnection>,
+}
+
+impl Reader {
+    /// Reads into `window` until a read comes back short (the stream is drained for now),
+    /// the window holds `stream.coalesce_entries` (or a batch of bad entries), or the
+    /// daemon is stopping; only the first read waits. Each further read runs in Redis while
+    /// the previous one's entries are parsed here.
+    pub async fn gather(
+        &mut self,
+        settings: &Settings,
+        health: &Health,
+        cancel: &CancellationToken,
+        window: &mut Window,
+    ) -> RedisResult<()> {
+        let mut read = self.read(settings, health).await;
+        loop {
+            let entries = read?;
+            // Bad entries are kept whole until dead-lettered: a batch's worth ends the window.
+            let more = entries.len() == settings.stream.batch_size
+                && window.len() + entries.len() < settings.stream.coalesce_entries
+                && window.bad().len() < settings.stream.batch_size
+                && !cancel.is_cancelled();
+            let next = more.then(|| self.prefetch(settings));
+            if next.is_some() {
+                // Lets the read go out before the parsing below keeps this thread busy.
+                tokio::task::yield_now().await;
+            }
+            for entry in entries {
+                window.add(entry);
+            }
+            let Some(next) = next else {
+                return Ok(());
+            };
+            let fetched = next
+                .await
+                .unwrap_or_else(|error| panic::resume_unwind(error.into_panic()));
+            read = self.record(fetched, health);
+            health.beat();
+        }
+    }
+
+    /// A read that waits up to `stream.block_ms` for new entries.
+    async fn read(
+        &mut self,
+        settings: &Settings,
+        health: &Health,
+    ) -> RedisResult<Vec<StreamEntry>> {
+        let con = match &mut self.con {
+            Some(con) => con,
+            None => {
+                let mut con =
+                    redis_conn::blocking_connection(&settings.redis, settings.stream.block())
+                        .await?;
+                stream::ensure_group(&mut con, &settings.stream).await?;
+                health.set_group_ready(true);
+                self.con.insert(con)
+            }
+        };
+        let read = stream::read_new(con, &settings.stream, true).await;
+        self.record(read, health)
+    }
+
+    /// Starts a read that does not wait, on the connection of the read before.
+    fn prefetch(&self, settings: &Settings) -> JoinHandle<RedisResult<Vec<StreamEntry>>> {
+        let mut con = self.con.clone().expect("connected by the read before");
+        let stream = settings.stream.clone();
+        tokio::spawn(async move { stream::read_new(&mut con, &stream, false).await })
+    }
+
+    fn record(
+        &mut self,
+        read: RedisResult<Vec<StreamEntry>>,
+        health: &Health,
+    ) -> RedisResult<Vec<StreamEntry>> {
+        metrics::round_trip(RoundTrip::Read);
+        match &read {
+            Ok(entries) => metrics::add(Counter::EntriesRead, entries.len()),
+            Err(error) => {
+                // Start afresh: a new connection, and the group created again if it was lost.
+                self.con = None;
+                if stream::is_missing_group(error) {
+                    health.set_group_ready(false);
+                    tracing::warn!("consumer group missing: creating it again");
+                }
+            }
+        }
+        read
+    }
+}

@@ -1,0 +1,90 @@
+//! The series queries of a build: the series' row, its instances, and the server's
+//! `dicom_json_meta` bookkeeping.
+
+use sqlx::PgPool;
+
+use crate::ids::{TenantId, Uid};
+
+/// What a series build needs from the series' `dicom_state_meta` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SeriesRow {
+    /// The raw `YYYYMMDD` study date, a segment of the server's storage paths.
+    pub study_date_origin: String,
+    /// The server's hash of the study UID.
+    pub study_uid_hash: String,
+    /// The server's hash of the series UID.
+    pub series_uid_hash: String,
+    /// When the row last changed; recorded as `dicom_json_meta.flag_time`.
+    pub updated_time: Option<chrono::NaiveDateTime>,
+}
+
+/// The series' row, `None` when the series is not (or no longer) in the database.
+pub async fn series_row(
+    pool: &PgPool,
+    tenant: &TenantId,
+    study: &Uid,
+    series: &Uid,
+) -> Result<Option<SeriesRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT study_date_origin, study_uid_hash, series_uid_hash, updated_time
+         FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = $3",
+    )
+    .bind(tenant.as_str())
+    .bind(study.as_str())
+    .bind(series.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// The SOP Instance UIDs the database lists for the series.
+pub async fn series_instances(
+    pool: &PgPool,
+    tenant: &TenantId,
+    study: &Uid,
+    series: &Uid,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT sop_uid FROM dicom_image_meta WHERE tenant_id = $1 AND study_uid = $2 AND series_uid = $3",
+    )
+    .bind(tenant.as_str())
+    .bind(study.as_str())
+    .bind(series.as_str())
+    .fetch_all(pool)
+    .await
+}
+
+/// `dicom_json_meta.json_status` of a built series.
+pub const JSON_STATUS_BUILT: i32 = 1;
+/// `dicom_json_meta.json_status` of a series whose build failed.
+pub const JSON_STATUS_FAILED: i32 = 2;
+
+/// Upserts the server's `dicom_json_meta` row, with `flag_time` = the series row's
+/// `updated_time`, so that the server's own poller skips the series.
+pub async fn record_json_status(
+    pool: &PgPool,
+    tenant: &TenantId,
+    study: &Uid,
+    series: &Uid,
+    row: &SeriesRow,
+    status: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dicom_json_meta (tenant_id, study_uid, series_uid, study_uid_hash, series_uid_hash,
+             study_date_origin, flag_time, json_status, retry_times)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, localtimestamp), $8, 1)
+         ON CONFLICT (tenant_id, study_uid, series_uid) DO UPDATE SET
+             flag_time = EXCLUDED.flag_time, json_status = EXCLUDED.json_status,
+             retry_times = dicom_json_meta.retry_times + 1",
+    )
+    .bind(tenant.as_str())
+    .bind(study.as_str())
+    .bind(series.as_str())
+    .bind(&row.study_uid_hash)
+    .bind(&row.series_uid_hash)
+    .bind(&row.study_date_origin)
+    .bind(row.updated_time)
+    .bind(status)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
