@@ -147,6 +147,8 @@ fn install() -> Result<PrometheusHandle, BuildError> {
     for counter in Counter::ALL {
         let (name, help) = counter.describe();
         describe_counter!(name, Unit::Count, help);
+        // Exported at 0 from the start, so rates and alerts see it before its first event.
+        counter!(name).absolute(0);
     }
     describe_counter!(
         "dcw_entries_dead_lettered_total",

@@ -184,9 +184,7 @@ async fn every_bad_entry_is_dead_lettered_with_its_reason_and_acknowledged() {
         expected.push((id, *reason, fields));
     }
 
-    let daemon = env.start_daemon();
-    env.wait_until_drained().await;
-    daemon.stop().await;
+    env.drain().await;
 
     let dead = env.dead_letters().await;
     assert_eq!(dead.len(), cases.len());

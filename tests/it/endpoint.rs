@@ -41,11 +41,30 @@ fn spawn_with_endpoint(env: &TestEnv, port: u16, vars: &[(&str, &str)]) -> Child
         .expect("start the daemon")
 }
 
-/// The value of an unlabelled counter or gauge in Prometheus text, 0 when absent.
+/// The value of an unlabelled counter or gauge in Prometheus text; panics when absent.
 fn metric(body: &str, name: &str) -> f64 {
     body.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("{name} is not exported:\n{body}"))
+}
+
+/// Waits until the daemon on `port` exports `name` with `value`, and returns the metrics.
+async fn wait_for_metric(port: u16, name: &str, value: f64) -> String {
+    let exported = || async {
+        let body = get(port, "/metrics").await?.1;
+        let current = body.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        (current == Some(value)).then_some(body)
+    };
+    wait_for(&format!("{name} to reach {value}"), || async {
+        exported().await.is_some()
+    })
+    .await;
+    exported().await.expect("a counter never goes back")
 }
 
 #[tokio::test]
@@ -72,11 +91,8 @@ async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events
     env.load(&dataset).await;
     env.wait_until_drained().await;
 
-    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
-    assert_eq!(
-        metric(&body, "dcw_entries_acked_total"),
-        dataset.events.len() as f64
-    );
+    // Counted once the batch is done, just after its XACK.
+    let body = wait_for_metric(port, "dcw_entries_acked_total", dataset.events.len() as f64).await;
     // A study whose events span two reads is filled twice.
     assert!(metric(&body, "dcw_studies_filled_total") >= 3.0);
     assert!(metric(&body, "dcw_db_queries_total") >= 1.0);
@@ -118,9 +134,13 @@ async fn a_backlog_read_over_many_reads_fills_each_study_once() {
     );
     env.wait_until_drained().await;
 
-    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
-    let reads = metric(&body, "dcw_entries_read_total") / 10.0;
-    assert!(reads >= 10.0, "the backlog took {reads} reads");
+    let body = wait_for_metric(port, "dcw_entries_acked_total", dataset.events.len() as f64).await;
+    let reads = metric(&body, "dcw_redis_round_trips_total{op=\"read\"}");
+    assert!(
+        reads >= (dataset.events.len() / 10) as f64,
+        "{} entries in reads of 10 took {reads} reads",
+        dataset.events.len()
+    );
     assert_eq!(
         metric(&body, "dcw_studies_filled_total"),
         3.0,

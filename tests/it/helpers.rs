@@ -9,6 +9,7 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use dcw_testkit::synthetic::Dataset;
 use dicom_cache_warmer::{
     Backlog, DicomStateMeta, MIGRATOR, ServiceUrl, Settings, backlog, lazy_pool, run,
+    run_until_drained,
 };
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -107,6 +108,24 @@ impl TestEnv {
         self.settings.stream.claim_idle_ms = 1_000;
         self.settings.stream.stale_consumer_ms = 1_500;
         self.settings.validate().expect("fast settings are valid");
+    }
+
+    /// Runs the daemon in this process until the stream has nothing new, then waits for
+    /// the group to have nothing pending.
+    pub async fn drain(&self) {
+        let settings = Arc::new(self.settings.clone());
+        tokio::time::timeout(
+            DEADLINE,
+            run_until_drained(settings, CancellationToken::new()),
+        )
+        .await
+        .expect("the daemon drains the stream in time")
+        .expect("the daemon returns Ok");
+        assert!(
+            self.backlog().await.is_drained(),
+            "{:?}",
+            self.backlog().await
+        );
     }
 
     /// Runs the daemon in this process until the returned handle stops it.

@@ -178,9 +178,7 @@ async fn a_key_redis_refuses_dead_letters_only_its_studys_entries() {
         .await
         .expect("publish");
 
-    let daemon = env.start_daemon();
-    env.wait_until_drained().await;
-    daemon.stop().await;
+    env.drain().await;
 
     let bad_events = dataset
         .events

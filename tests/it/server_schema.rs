@@ -53,9 +53,7 @@ async fn studies_are_warmed_from_a_database_made_by_the_servers_ddl() {
         .await
         .expect("publish");
 
-    let daemon = env.start_daemon();
-    env.wait_until_drained().await;
-    daemon.stop().await;
+    env.drain().await;
     for row in &dataset.rows {
         let key = keys::study_metadata(
             &TenantId::parse(&row.tenant_id).expect("tenant"),
