@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::consumer::{self, Until};
 use crate::fill::recheck::Rechecks;
-use crate::fill::round::Services;
-use crate::observe::health::Health;
+use crate::fill::round::{self, Services};
+use crate::observe::health::{Health, Service};
 use crate::observe::{http, metrics};
-use crate::series::builder::{self, Builder};
+use crate::series::builder::{self, BuildOutcome, Builder};
 use crate::{db, jwks, monitor, redis_conn};
 
 /// Runs the daemon until `cancel` fires, then finishes the window in hand and returns.
@@ -51,6 +51,17 @@ async fn run_until(
     // Built before any task starts: an unreadable jwks.ca_file fails the start.
     let jwks = jwks::Refresher::new(&settings.jwks, services.redis.clone())?;
     metrics::handle();
+    metrics::register(
+        "dcw_entries_dead_lettered_total",
+        "reason",
+        round::dead_letter_reasons(),
+    );
+    metrics::register(
+        "dcw_connection_errors_total",
+        "service",
+        Service::ALL.map(Service::label),
+    );
+    metrics::register("dcw_series_builds_total", "result", BuildOutcome::LABELS);
     let health = Arc::new(Health::default());
     health.beat();
     let endpoint = http::bind(

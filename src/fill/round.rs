@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::fill::recheck::Rechecks;
 use crate::fill::refresh::{self, Plan};
 use crate::ids::{TenantId, Uid};
-use crate::ingest::event::EventKind;
+use crate::ingest::event::{EventError, EventKind};
 use crate::ingest::stream::{self, Delivered, EntryId, StreamEntry};
 use crate::ingest::window::{Study, Window};
 use crate::keys;
@@ -20,6 +20,18 @@ use crate::observe::health::Service;
 use crate::observe::metrics::{self, Counter, RoundTrip};
 use crate::series::files;
 use crate::series::schedule::{Schedule, SeriesRef};
+
+/// The dead-letter reason of a study whose key Redis refused to write.
+const REDIS_REFUSED: &str = "redis_refused";
+/// The dead-letter reason of an entry whose study never appeared in the database.
+const STUDY_NOT_FOUND: &str = "study_not_found";
+
+/// Every reason an entry is dead-lettered for: bad input, or what became of its study.
+pub fn dead_letter_reasons() -> impl Iterator<Item = &'static str> {
+    EventError::KINDS
+        .into_iter()
+        .chain([REDIS_REFUSED, STUDY_NOT_FOUND])
+}
 
 /// The connections and helpers a batch needs.
 #[derive(Clone)]
@@ -213,7 +225,7 @@ async fn isolate(
         .map(|entry| DeadLetter {
             entry,
             reason: reason.clone(),
-            kind: "redis_refused",
+            kind: REDIS_REFUSED,
         })
         .collect();
     dead_letter(services, settings, &dead).await
@@ -333,7 +345,7 @@ async fn fill_round(
             );
             tracing::warn!(entry_id = %entry.id, %reason, "dead-lettered");
             stream::add_dead_letter(&mut pipe, &settings.stream, &entry, &reason);
-            metrics::dead_lettered("study_not_found");
+            metrics::dead_lettered(STUDY_NOT_FOUND);
             ack_ids.push(entry.id);
             report.dead_lettered += 1;
         }

@@ -79,6 +79,18 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every [`kind`](Self::kind), for metrics that exist before the first bad entry.
+    pub const KINDS: [&'static str; 8] = [
+        "empty",
+        "oversize",
+        "not_utf8",
+        "duplicate_field",
+        "missing_field",
+        "invalid_id",
+        "unknown_event",
+        "bad_payload",
+    ];
+
     /// A short, fixed name for the kind of problem (a metric label).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -197,6 +209,28 @@ fn validate(raw: RawEvent) -> Result<IngestEvent, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed() {
+        let errors = [
+            EventError::Empty,
+            EventError::TooManyFields(65),
+            EventError::EntryTooLarge(1),
+            EventError::ValueTooLarge("f"),
+            EventError::NotUtf8("f"),
+            EventError::DuplicateField("f"),
+            EventError::MissingField("f"),
+            EventError::InvalidId {
+                field: "f",
+                reason: IdError::Empty,
+            },
+            EventError::UnknownKind,
+            EventError::BadPayload(String::new()),
+        ];
+        for error in errors {
+            assert!(EventError::KINDS.contains(&error.kind()), "{error:?}");
+        }
+    }
 
     fn entry(pairs: &[(&str, &str)]) -> Vec<Field> {
         pairs

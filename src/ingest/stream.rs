@@ -235,16 +235,22 @@ impl Backlog {
     }
 }
 
-/// Reads the group's pending count and lag; `None` when the group does not exist.
+/// Reads the group's pending count and lag; `None` when the group (or the stream) does
+/// not exist yet.
 pub async fn backlog<C: ConnectionLike>(
     con: &mut C,
     settings: &StreamSettings,
 ) -> RedisResult<Option<Backlog>> {
-    let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+    let groups: redis::streams::StreamInfoGroupsReply = match redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(&settings.key)
         .query_async(con)
-        .await?;
+        .await
+    {
+        // Before the first read creates it: no group yet, not an outage.
+        Err(error) if error.detail() == Some("no such key") => return Ok(None),
+        groups => groups?,
+    };
     Ok(groups
         .groups
         .into_iter()

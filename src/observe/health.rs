@@ -18,6 +18,9 @@ pub enum Service {
 }
 
 impl Service {
+    /// Both services.
+    pub const ALL: [Self; 2] = [Self::Redis, Self::Database];
+
     /// The service's name in logs and metric labels.
     pub fn label(self) -> &'static str {
         match self {

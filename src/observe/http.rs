@@ -66,8 +66,8 @@ async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) 
 }
 
 async fn render_metrics() -> (StatusCode, String) {
-    match metrics::handle() {
-        Some(handle) => (StatusCode::OK, handle.render()),
+    match metrics::render() {
+        Some(text) => (StatusCode::OK, text),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder not installed\n".into(),

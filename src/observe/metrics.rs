@@ -11,12 +11,21 @@ use ::metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Latency buckets, in seconds: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Latency buckets, in seconds: 0.5 ms to 60 s (the default reclaim time).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 /// Batch size buckets, in entries.
 const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0];
+
+/// Every histogram, registered (empty) from the start.
+const HISTOGRAMS: [&str; 4] = [
+    "dcw_batch_entries",
+    "dcw_batch_duration_seconds",
+    "dcw_db_query_duration_seconds",
+    "dcw_series_build_duration_seconds",
+];
 
 /// A counter without labels.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +48,8 @@ pub enum Counter {
     StudiesWaiting,
     /// Instances in published series documents.
     SeriesInstances,
+    /// PostgreSQL queries.
+    DbQueries,
     /// Key sets fetched, checked and written.
     JwksRefreshes,
     /// Cached key sets given a full TTL again while the provider was down.
@@ -46,7 +57,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::EntriesRead,
         Self::EntriesAcked,
         Self::EntriesReclaimed,
@@ -56,6 +67,7 @@ impl Counter {
         Self::StudiesRemoved,
         Self::StudiesWaiting,
         Self::SeriesInstances,
+        Self::DbQueries,
         Self::JwksRefreshes,
         Self::JwksTtlExtensions,
     ];
@@ -90,6 +102,7 @@ impl Counter {
                 "dcw_series_instances_total",
                 "Instances in published series documents",
             ),
+            Self::DbQueries => ("dcw_db_queries_total", "PostgreSQL queries"),
             Self::JwksRefreshes => (
                 "dcw_jwks_refreshes_total",
                 "Identity provider key sets fetched, checked and written",
@@ -115,6 +128,19 @@ pub enum RoundTrip {
     Ack,
 }
 
+impl RoundTrip {
+    const ALL: [Self; 4] = [Self::Read, Self::PoolCheck, Self::Write, Self::Ack];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::PoolCheck => "pool_check",
+            Self::Write => "write",
+            Self::Ack => "ack",
+        }
+    }
+}
+
 /// What a negative-flag recheck did.
 #[derive(Debug, Clone, Copy)]
 pub enum RecheckOutcome {
@@ -122,6 +148,17 @@ pub enum RecheckOutcome {
     Cleared,
     /// The queue was full: no second look for that batch.
     Skipped,
+}
+
+impl RecheckOutcome {
+    const ALL: [Self; 2] = [Self::Cleared, Self::Skipped];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Cleared => "cleared",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 /// The process-wide recorder, installed on first use; `None` when another recorder was
@@ -139,11 +176,55 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The current Prometheus text, with the process metrics read just now; `None` without a
+/// recorder.
+pub fn render() -> Option<String> {
+    let handle = handle()?;
+    process_collector().collect();
+    Some(handle.render())
+}
+
+/// Exports a labelled counter at 0 for each of `values`, so that it exists before its
+/// first event (idempotent).
+pub fn register(
+    name: &'static str,
+    label: &'static str,
+    values: impl IntoIterator<Item = &'static str>,
+) {
+    for value in values {
+        counter!(name, label => value).increment(0);
+    }
+}
+
+/// The standard process metrics (`process_resident_memory_bytes`, …), read on each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("dcw_batch_entries".into()), &SIZE_BUCKETS)?
         .install_recorder()?;
+    describe_gauge!(
+        "dcw_build_info",
+        Unit::Count,
+        "Always 1; the labels say which build runs"
+    );
+    gauge!("dcw_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("DCW_GIT_COMMIT"))
+        .set(1.0);
+    process_collector().describe();
+    register(
+        "dcw_redis_round_trips_total",
+        "op",
+        RoundTrip::ALL.map(RoundTrip::label),
+    );
+    register(
+        "dcw_negative_rechecks_total",
+        "outcome",
+        RecheckOutcome::ALL.map(RecheckOutcome::label),
+    );
     for counter in Counter::ALL {
         let (name, help) = counter.describe();
         describe_counter!(name, Unit::Count, help);
@@ -160,7 +241,6 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Count,
         "Negative-flag second looks, by outcome"
     );
-    describe_counter!("dcw_db_queries_total", Unit::Count, "PostgreSQL queries");
     describe_counter!(
         "dcw_redis_round_trips_total",
         Unit::Count,
@@ -221,6 +301,9 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Seconds,
         "Time of one PostgreSQL query"
     );
+    for name in HISTOGRAMS {
+        let _registered = histogram!(name);
+    }
     Ok(handle)
 }
 
@@ -231,18 +314,12 @@ pub fn add(counter: Counter, count: usize) {
 
 /// Counts one Redis round trip.
 pub fn round_trip(kind: RoundTrip) {
-    let op = match kind {
-        RoundTrip::Read => "read",
-        RoundTrip::PoolCheck => "pool_check",
-        RoundTrip::Write => "write",
-        RoundTrip::Ack => "ack",
-    };
-    counter!("dcw_redis_round_trips_total", "op" => op).increment(1);
+    counter!("dcw_redis_round_trips_total", "op" => kind.label()).increment(1);
 }
 
 /// Records one PostgreSQL query and its duration.
 pub fn db_query(elapsed: Duration) {
-    counter!("dcw_db_queries_total").increment(1);
+    add(Counter::DbQueries, 1);
     histogram!("dcw_db_query_duration_seconds").record(elapsed);
 }
 
@@ -253,11 +330,7 @@ pub fn dead_lettered(reason: &'static str) {
 
 /// Counts a negative-flag recheck outcome.
 pub fn negative_recheck(outcome: RecheckOutcome) {
-    let outcome = match outcome {
-        RecheckOutcome::Cleared => "cleared",
-        RecheckOutcome::Skipped => "skipped",
-    };
-    counter!("dcw_negative_rechecks_total", "outcome" => outcome).increment(1);
+    counter!("dcw_negative_rechecks_total", "outcome" => outcome.label()).increment(1);
 }
 
 /// Sets the group's pending count and lag (when the group exists) and the dead-letter

@@ -104,6 +104,16 @@ pub enum BuildOutcome {
 const INTERRUPTED: &str = "interrupted";
 
 impl BuildOutcome {
+    /// Every result of `dcw_series_builds_total`: the outcomes' labels and [`INTERRUPTED`].
+    pub const LABELS: [&'static str; 6] = [
+        "built",
+        "lock_busy",
+        "gone",
+        "failed",
+        "lock_lost",
+        INTERRUPTED,
+    ];
+
     /// The outcome's label in `dcw_series_builds_total{result}`.
     pub fn label(&self) -> &'static str {
         match self {

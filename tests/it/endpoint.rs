@@ -193,3 +193,113 @@ async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
         .expect("kill");
     assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
 }
+
+/// Every metric family the daemon exports before its first event (the stream gauges
+/// follow the first probe that finds the group).
+const FAMILIES_AT_START: [&str; 29] = [
+    "dcw_build_info",
+    "dcw_entries_read_total",
+    "dcw_entries_acked_total",
+    "dcw_entries_reclaimed_total",
+    "dcw_entries_dead_lettered_total",
+    "dcw_consumers_deleted_total",
+    "dcw_studies_filled_total",
+    "dcw_studies_stale_total",
+    "dcw_studies_removed_total",
+    "dcw_studies_waiting_total",
+    "dcw_negative_rechecks_total",
+    "dcw_db_queries_total",
+    "dcw_redis_round_trips_total",
+    "dcw_connection_errors_total",
+    "dcw_series_builds_total",
+    "dcw_series_instances_total",
+    "dcw_jwks_refreshes_total",
+    "dcw_jwks_ttl_extensions_total",
+    "dcw_batch_entries",
+    "dcw_batch_duration_seconds",
+    "dcw_db_query_duration_seconds",
+    "dcw_series_build_duration_seconds",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+#[tokio::test]
+async fn a_clean_start_exports_every_metric_at_zero_and_logs_no_warning() {
+    let env = TestEnv::new().await;
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DCW__LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    let stderr = daemon.stderr.take().expect("stderr");
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::BufReader::new(stderr)
+            .read_to_string(&mut text)
+            .await
+            .map(|_| text)
+    });
+    wait_for("readiness", || async {
+        get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    for family in FAMILIES_AT_START {
+        assert!(families.contains(&family), "{family} missing from:\n{body}");
+    }
+    for (family, label, value) in [
+        (
+            "dcw_entries_dead_lettered_total",
+            "reason",
+            "study_not_found",
+        ),
+        ("dcw_entries_dead_lettered_total", "reason", "invalid_id"),
+        ("dcw_series_builds_total", "result", "interrupted"),
+        ("dcw_connection_errors_total", "service", "postgres"),
+        ("dcw_redis_round_trips_total", "op", "pool_check"),
+        ("dcw_negative_rechecks_total", "outcome", "cleared"),
+    ] {
+        let line = format!("{family}{{{label}=\"{value}\"}} 0");
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line} missing from:\n{body}"
+        );
+    }
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("dcw_build_info{") && l.ends_with(" 1")),
+        "dcw_build_info = 1"
+    );
+
+    let pid = daemon.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    let status = tokio::time::timeout(crate::helpers::DEADLINE, daemon.wait())
+        .await
+        .expect("the daemon stops in time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let log = log.await.expect("log task").expect("read the log");
+    assert!(log.contains("INFO"), "an info-level log:\n{log}");
+    for level in ["WARN", "ERROR"] {
+        assert!(!log.contains(level), "a clean start logged {level}:\n{log}");
+    }
+}
