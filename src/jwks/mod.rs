@@ -15,10 +15,9 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JwksSettings;
+use crate::keys;
 use crate::observe::metrics::{self, Counter};
 
-/// The key the server reads the key set from (a fixed name: the server's contract).
-pub const KEY: &str = "jwksurl:8e646686-9d36-480b-95ea-1718b24c1c98";
 /// The largest key set accepted; real ones are a few KiB.
 pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// Redirects followed at most.
@@ -398,7 +397,7 @@ pub enum Outcome {
     },
 }
 
-/// Keeps the key set under [`KEY`] fresh until cancelled.
+/// Keeps the key set under [`keys::JWKS`] fresh until cancelled.
 #[derive(Debug)]
 pub struct Refresher {
     fetcher: Fetcher,
@@ -411,7 +410,7 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// The refresher for `[jwks]`, writing [`KEY`]; `None` when `jwks.url` is unset. Fails
+    /// The refresher for `[jwks]`, writing [`keys::JWKS`]; `None` when `jwks.url` is unset. Fails
     /// (naming the key) when `jwks.ca_file` cannot be read or TLS cannot be set up.
     pub fn new(
         settings: &JwksSettings,
@@ -433,7 +432,7 @@ impl Refresher {
                 ttl_secs: settings.ttl_secs,
                 extend_below_secs: extend_below.as_secs() + 1,
             }
-            .with_key(KEY),
+            .with_key(keys::JWKS),
         ))
     }
 
