@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{ConfigError, Secret, Settings};
+use crate::config::{ConfigError, Secret, Settings};
 
 /// The file read, when present, after the built-in defaults and before `--config`.
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";

@@ -405,7 +405,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::load::tests::load;
+    use crate::config::load::tests::load;
 
     #[test]
     fn built_in_defaults_match_the_spec() {

@@ -1,7 +1,7 @@
 //! `validate()`: every value that deserialized but cannot work, one `key: why` line each,
 //! all reported at once, section by section in the order of the settings file.
 
-use super::{
+use crate::config::{
     CacheSettings, ConfigError, DatabaseSettings, HttpSettings, JwksSettings, LogSettings,
     RedisSettings, SeriesSettings, Settings, ShutdownSettings, StreamSettings,
 };
