@@ -1,6 +1,11 @@
-//! Every Redis key name the daemon reads or writes, built only from validated ids.
+//! Every Redis key name the daemon reads or writes: one fixed name, the rest built only
+//! from validated ids.
 
 use crate::ids::{TenantId, Uid};
+
+/// `jwksurl:8e646686-…`: the identity provider's key set, read by the server (a fixed name:
+/// the server's contract).
+pub const JWKS: &str = "jwksurl:8e646686-9d36-480b-95ea-1718b24c1c98";
 
 /// `wado:{tenant}:study:{study}:metadata`: the server's cached study rows.
 pub fn study_metadata(tenant: &TenantId, study: &Uid) -> String {

@@ -50,9 +50,8 @@ pub use fill::cache::add_fill_study;
 pub use fill::study::{DicomStateMeta, by_study, encode as encode_study};
 pub use ingest::event::{Field, IngestEvent, parse as parse_event};
 pub use ingest::stream::{Backlog, ack, backlog, ensure_group, read_new};
-pub use jwks::{
-    Cached, FetchError, KEY as JWKS_KEY, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome, Refresher,
-};
+pub use jwks::{Cached, FetchError, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome, Refresher};
+pub use keys::JWKS as JWKS_KEY;
 pub use observe::metrics::handle as metrics_handle;
 pub use observe::telemetry::{init as init_logging, one_line};
 pub use redis_conn::{blocking_connection, command_pool, connection_info};

@@ -1,0 +1,201 @@
+//! The loading layers: built-in defaults, `config/default.toml` when present, `--config
+//! FILE`, then `DCW__SECTION__KEY` environment variables; passwords read from their files
+//! last, and the result validated.
+
+use std::path::Path;
+
+use crate::config::{ConfigError, Secret, Settings};
+
+/// The file read, when present, after the built-in defaults and before `--config`.
+const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+impl Settings {
+    /// Loads the layers (defaults, `config/default.toml` when present, `file`, then the
+    /// environment) and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(Path::new(DEFAULT_CONFIG_FILE), file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the default file and the environment given explicitly.
+    pub fn load_from(
+        default_file: &Path,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("DCW__"))
+            .collect();
+        let mut builder =
+            config::Config::builder().add_source(config::File::from(default_file).required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let layered = builder
+            .add_source(
+                config::Environment::with_prefix("DCW")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let mut settings: Settings = layered
+            .try_deserialize()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        settings.read_password_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Replaces each password by the content of its `password_file`, when one is given.
+    fn read_password_files(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (key, file, password) in [
+            (
+                "redis.password_file",
+                &self.redis.password_file,
+                &mut self.redis.password,
+            ),
+            (
+                "database.password_file",
+                &self.database.password_file,
+                &mut self.database.password,
+            ),
+        ] {
+            let Some(file) = file else { continue };
+            match std::fs::read_to_string(file) {
+                // One trailing newline is what `echo` and most secret tools add.
+                Ok(text) => {
+                    *password = Some(Secret::from(
+                        text.strip_suffix('\n')
+                            .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t)),
+                    ))
+                }
+                Err(error) => {
+                    problems.push(format!("{key}: cannot read {}: {error}", file.display()))
+                }
+            }
+        }
+        ConfigError::unless_empty(problems)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(text.as_bytes()).expect("write temp file");
+        file
+    }
+
+    /// Loads settings from a default file and a `--config` file with these contents, and
+    /// from these environment variables.
+    pub(in crate::config) fn load(
+        default: &str,
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<Settings, ConfigError> {
+        let default = toml_file(default);
+        let file = file.map(toml_file);
+        Settings::load_from(default.path(), file.as_ref().map(|f| f.path()), env(vars))
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let s = load(
+            "[stream]\nkey = \"from-default\"\ngroup = \"g-default\"\nbatch_size = 10\n",
+            Some("[stream]\nkey = \"from-file\"\nbatch_size = 20\n"),
+            &[("DCW__STREAM__BATCH_SIZE", "30")],
+        )
+        .expect("valid");
+        assert_eq!(s.stream.group, "g-default");
+        assert_eq!(s.stream.key, "from-file");
+        assert_eq!(s.stream.batch_size, 30);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_underscores() {
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__STREAM__DEAD_LETTER_KEY", "dl"),
+                ("DCW__CACHE__STUDY_TTL_SECS", "60"),
+                ("DCW__REDIS__PASSWORD", "0123"),
+                ("DCW__SERIES__REDIS_COPY", "true"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(s.stream.dead_letter_key, "dl");
+        assert_eq!(s.cache.study_ttl_secs, 60);
+        // Strings that look like numbers stay strings: no leading zero is lost.
+        assert_eq!(s.redis.password.as_ref().map(Secret::expose), Some("0123"));
+        assert!(s.series.redis_copy);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let err = load("", None, &[("DCW__STREAM__CLAIM_IDLE_MS", "soon")]).expect_err("invalid");
+        assert!(err.to_string().contains("stream.claim_idle_ms"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load("", None, &[("DCW__STREAM__BATCHSIZE", "3")]).expect_err("invalid");
+        assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_read_from_files_without_the_trailing_newline() {
+        let redis = toml_file("from-file\n");
+        let database = toml_file("db-secret\r\n");
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__REDIS__PASSWORD", "from-env"),
+                (
+                    "DCW__REDIS__PASSWORD_FILE",
+                    &redis.path().display().to_string(),
+                ),
+                (
+                    "DCW__DATABASE__PASSWORD_FILE",
+                    &database.path().display().to_string(),
+                ),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.redis.password.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert_eq!(
+            s.database.password.as_ref().map(Secret::expose),
+            Some("db-secret")
+        );
+        let err = load(
+            "",
+            None,
+            &[("DCW__DATABASE__PASSWORD_FILE", "/nonexistent/pw")],
+        )
+        .expect_err("missing file");
+        assert!(
+            err.0[0].starts_with("database.password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
+    }
+}
