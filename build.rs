@@ -14,14 +14,12 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-env-changed=DCW_GIT_COMMIT");
     // Built again when a commit moves the branch (and only then).
-    for name in [
-        "HEAD",
-        &git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_default(),
-    ] {
-        if let Some(path) = git(&["rev-parse", "--git-path", name]).filter(|_| !name.is_empty()) {
-            if std::path::Path::new(&path).exists() {
-                println!("cargo:rerun-if-changed={path}");
-            }
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in std::iter::once("HEAD").chain(branch.as_deref()) {
+        if let Some(path) = git(&["rev-parse", "--git-path", name])
+            .filter(|path| std::path::Path::new(path).exists())
+        {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
     let commit = std::env::var("DCW_GIT_COMMIT")

@@ -3,12 +3,12 @@
 //! The modules, in the order an entry travels through them:
 //!
 //! ```text
-//! config ─▶ app (pools, tasks) ─▶ consumer (the main loop)
+//! config (sections, load, validate, secret) ─▶ app (pools, tasks) ─▶ consumer (the loop)
 //!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
 //!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
 //!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
 //!   series:  schedule ─▶ builder (lock, rows, convert: part10 ─▶ json) ─▶ files (atomic publish)
-//! jwks (check, fetch, refresh)     monitor (probes, watchdog)     warm (backfill)
+//! jwks:    check ─▶ fetch ─▶ refresher      monitor (probes, watchdog)      warm (backfill)
 //! observe: metrics (a leaf), health, http endpoint, telemetry
 //! shared:  ids, keys, backoff, shutdown, db (pool), redis_conn (connections)
 //! ```
