@@ -14,12 +14,20 @@ pub enum IdError {
     /// Holds a character outside the allowed set.
     #[error("holds a character outside {0}")]
     BadCharacter(&'static str),
-    /// A UID with an empty component, or a tenant made of dots only.
-    #[error("has an empty or dot-only component")]
+    /// A UID with an empty component.
+    #[error("has an empty component")]
     EmptyComponent,
+    /// A tenant id that could not be one path component: `/`, `\\` or a control character.
+    #[error("holds `/`, `\\` or a control character")]
+    NotAPathComponent,
+    /// A tenant id that names a directory itself or its parent.
+    #[error("is `.` or `..`")]
+    DotName,
 }
 
-/// A tenant id: 1 to 64 of `A-Z a-z 0-9 . _ -`, never `.`, `..` or holding `..`.
+/// A tenant id as the server stores it: 1 to 64 characters of UTF-8, anything that is
+/// safe as one path component and key segment (no `/`, `\`, NUL or other control
+/// character; not `.` or `..`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
@@ -29,16 +37,22 @@ impl TenantId {
 
     /// Validates a tenant id.
     pub fn parse(value: &str) -> Result<Self, IdError> {
-        check_len(value, Self::MAX_LEN)?;
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(IdError::BadCharacter("A-Z a-z 0-9 . _ -"));
+        if value.is_empty() {
+            return Err(IdError::Empty);
         }
-        // `..` could climb out of a directory; `.` alone names the directory itself.
-        if value == "." || value.contains("..") {
-            return Err(IdError::EmptyComponent);
+        // The column is varchar(64): characters, not bytes.
+        if value.chars().nth(Self::MAX_LEN).is_some() {
+            return Err(IdError::TooLong(Self::MAX_LEN));
+        }
+        if value
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+        {
+            return Err(IdError::NotAPathComponent);
+        }
+        // `..` would climb out of the tenant's directory; `.` names the directory itself.
+        if value == "." || value == ".." {
+            return Err(IdError::DotName);
         }
         Ok(Self(value.to_owned()))
     }
@@ -102,21 +116,34 @@ mod tests {
 
     #[test]
     fn tenants() {
-        for good in ["1234567890", "a", "Tenant_A-1.b", &"x".repeat(64)] {
-            assert!(TenantId::parse(good).is_ok(), "{good}");
+        for good in [
+            "1234567890",
+            "a",
+            "Tenant_A-1.b",
+            "a:b",
+            "a b",
+            "Hôpital Zürich",
+            "病院",
+            "a*{b}",
+            "a..b",
+            "...",
+            &"x".repeat(64),
+            &"é".repeat(64),
+        ] {
+            assert_eq!(TenantId::parse(good).map(|t| t.0), Ok(good.to_owned()));
         }
         for (bad, err) in [
             ("", IdError::Empty),
             (&"x".repeat(65) as &str, IdError::TooLong(64)),
-            ("a:b", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            ("a*", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            ("a{b}", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            ("a/b", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            ("a b", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            ("é", IdError::BadCharacter("A-Z a-z 0-9 . _ -")),
-            (".", IdError::EmptyComponent),
-            ("..", IdError::EmptyComponent),
-            ("a..b", IdError::EmptyComponent),
+            (&"é".repeat(65), IdError::TooLong(64)),
+            ("a/b", IdError::NotAPathComponent),
+            ("a\\b", IdError::NotAPathComponent),
+            ("a\0b", IdError::NotAPathComponent),
+            ("a\nb", IdError::NotAPathComponent),
+            ("a\u{7f}", IdError::NotAPathComponent),
+            ("a\u{85}", IdError::NotAPathComponent),
+            (".", IdError::DotName),
+            ("..", IdError::DotName),
         ] {
             assert_eq!(TenantId::parse(bad), Err(err), "{bad:?}");
         }

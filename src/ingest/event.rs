@@ -295,36 +295,32 @@ mod tests {
             (entry(&[("study_uid", "1")]), "missing field tenant_id"),
             (entry(&[("tenant_id", "t")]), "missing field study_uid"),
             (
-                entry(&[("tenant_id", "a:b"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
-            ),
-            (
-                entry(&[("tenant_id", "*"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
-            ),
-            (
-                entry(&[("tenant_id", "{t}"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
-            ),
-            (
                 entry(&[("tenant_id", "a/b"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
+                "tenant_id: holds `/`, `\\` or a control character",
+            ),
+            (
+                entry(&[("tenant_id", "a\\b"), ("study_uid", "1")]),
+                "tenant_id: holds `/`",
+            ),
+            (
+                entry(&[("tenant_id", "a\tb"), ("study_uid", "1")]),
+                "tenant_id: holds `/`",
             ),
             (
                 entry(&[("tenant_id", ".."), ("study_uid", "1")]),
-                "tenant_id: has an empty",
+                "tenant_id: is `.` or `..`",
             ),
             (
-                entry(&[("tenant_id", "a b"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
+                entry(&[("tenant_id", "."), ("study_uid", "1")]),
+                "tenant_id: is `.` or `..`",
             ),
             (
                 entry(&[("tenant_id", "t\n"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
+                "tenant_id: holds `/`, `\\` or a control character",
             ),
             (
                 entry(&[("tenant_id", "t\0"), ("study_uid", "1")]),
-                "tenant_id: holds a character",
+                "tenant_id: holds `/`, `\\` or a control character",
             ),
             (
                 entry(&[("tenant_id", ""), ("study_uid", "1")]),

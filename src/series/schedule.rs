@@ -223,8 +223,16 @@ mod tests {
             series: Uid::parse("1.2.3").expect("uid"),
         };
         assert_eq!(series.member(), "t-1/1.2/1.2.3");
-        assert_eq!(SeriesRef::parse_member("t-1/1.2/1.2.3"), Some(series));
-        for bad in ["t/1.2", "t/1.2/1.2.3/4", "t:x/1/2", "t/1/2a", ""] {
+        assert_eq!(
+            SeriesRef::parse_member("t-1/1.2/1.2.3"),
+            Some(series.clone())
+        );
+        let spaced = SeriesRef {
+            tenant: TenantId::parse("Hôpital: B").expect("tenant"),
+            ..series.clone()
+        };
+        assert_eq!(SeriesRef::parse_member(&spaced.member()), Some(spaced));
+        for bad in ["t/1.2", "t/1.2/1.2.3/4", "../1/2", "t/1/2a", ""] {
             assert_eq!(SeriesRef::parse_member(bad), None, "{bad}");
         }
     }

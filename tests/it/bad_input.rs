@@ -29,52 +29,35 @@ async fn every_bad_entry_is_dead_lettered_with_its_reason_and_acknowledged() {
         (vec![(t("tenant_id"), t(tenant))], "missing field study_uid"),
         (
             vec![
-                (t("tenant_id"), t(&format!("{tenant}:x"))),
-                (t("study_uid"), t(study)),
-            ],
-            "tenant_id: holds a character",
-        ),
-        (
-            vec![
-                (t("tenant_id"), t(&format!("{tenant}*"))),
-                (t("study_uid"), t(study)),
-            ],
-            "tenant_id: holds a character",
-        ),
-        (
-            vec![
-                (t("tenant_id"), t(&format!("{{{tenant}}}"))),
-                (t("study_uid"), t(study)),
-            ],
-            "tenant_id: holds a character",
-        ),
-        (
-            vec![
                 (t("tenant_id"), t(&format!("{tenant}/.."))),
                 (t("study_uid"), t(study)),
             ],
-            "tenant_id: holds a character",
+            "tenant_id: holds `/`, `\\` or a control character",
         ),
         (
             vec![
-                (t("tenant_id"), t(&format!("{tenant}.."))),
+                (t("tenant_id"), t(&format!("{tenant}\\x"))),
                 (t("study_uid"), t(study)),
             ],
-            "tenant_id: has an empty",
+            "tenant_id: holds `/`, `\\` or a control character",
         ),
         (
-            vec![
-                (t("tenant_id"), t(&format!("{tenant} "))),
-                (t("study_uid"), t(study)),
-            ],
-            "tenant_id: holds a character",
+            vec![(t("tenant_id"), t("..")), (t("study_uid"), t(study))],
+            "tenant_id: is `.` or `..`",
         ),
         (
             vec![
                 (t("tenant_id"), t(&format!("{tenant}\r\n"))),
                 (t("study_uid"), t(study)),
             ],
-            "tenant_id: holds a character",
+            "tenant_id: holds `/`, `\\` or a control character",
+        ),
+        (
+            vec![
+                (t("tenant_id"), t(&format!("{tenant}\u{85}"))),
+                (t("study_uid"), t(study)),
+            ],
+            "tenant_id: holds `/`, `\\` or a control character",
         ),
         (
             vec![
@@ -166,10 +149,10 @@ async fn every_bad_entry_is_dead_lettered_with_its_reason_and_acknowledged() {
             vec![(
                 t("payload"),
                 t(&format!(
-                    "{{\"tenant_id\":\"{tenant}:*\",\"study_uid\":\"{study}\"}}"
+                    "{{\"tenant_id\":\"{tenant}/*\",\"study_uid\":\"{study}\"}}"
                 )),
             )],
-            "tenant_id: holds a character",
+            "tenant_id: holds `/`, `\\` or a control character",
         ),
     ];
     let mut con = env.redis.clone();

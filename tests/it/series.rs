@@ -31,6 +31,16 @@ impl SeriesFixture {
     /// Writes `instances` CT files (instance numbers shuffled) and their rows, and turns
     /// series documents on in `env`'s settings.
     async fn new(env: &mut TestEnv, instances: usize) -> Self {
+        let tenant_prefix = env.tenant_prefix.clone();
+        Self::with_tenant_prefix(env, instances, tenant_prefix).await
+    }
+
+    /// As [`new`](Self::new), for a tenant id `{tenant_prefix}0`.
+    async fn with_tenant_prefix(
+        env: &mut TestEnv,
+        instances: usize,
+        tenant_prefix: String,
+    ) -> Self {
         let roots = tempfile::tempdir().expect("temp dir");
         let (dicom_root, json_root) = (roots.path().join("dicom"), roots.path().join("json"));
         env.settings.series.dicom_root = Some(dicom_root.clone());
@@ -40,7 +50,7 @@ impl SeriesFixture {
         env.settings.series.record_status = true;
         env.settings.series.redis_copy = true;
         let dataset = Dataset::generate(&DatasetSpec {
-            tenant_prefix: env.tenant_prefix.clone(),
+            tenant_prefix,
             tenants: 1,
             studies: 1,
             max_series: 1,
@@ -223,6 +233,35 @@ async fn a_burst_of_instance_events_builds_one_conformant_document_where_the_ser
         None,
         "lock released"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_with_spaces_colons_and_accents_is_warmed_under_the_servers_key_and_path() {
+    let mut env = TestEnv::new().await;
+    let prefix = format!("{} Hôpital: Zürich 病院 ", env.tenant_prefix);
+    let series = SeriesFixture::with_tenant_prefix(&mut env, 3, prefix.clone()).await;
+    let tenant = format!("{prefix}0");
+    assert_eq!(series.tenant.as_str(), tenant);
+    series.publish(&env, &series.sops).await;
+    // Spelled out, not through the daemon's own key and path functions.
+    let key = format!("wado:{tenant}:study:{}:metadata", series.study);
+    let path = series
+        .json_root
+        .join(&tenant)
+        .join("metadata")
+        .join(&series.date)
+        .join(series.study.as_str())
+        .join(format!("{}.json", series.series));
+    let daemon = env.start_daemon();
+    wait_for("the series document", || async { path.exists() }).await;
+    env.wait_until_drained().await;
+    daemon.stop().await;
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&env.get(&key).await.expect("the study key")).expect("JSON");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["tenant_id"], tenant.as_str());
+    assert_eq!(read_document(&path).len(), 3);
 }
 
 #[tokio::test]
