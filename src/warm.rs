@@ -2,6 +2,7 @@
 //! study date, page by page with the daemon's own fill code; safe to interrupt and re-run.
 
 use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::db;
 use crate::fill::query::{self, StudyFilter};
-use crate::fill::refresh::{self, Plan};
+use crate::fill::refresh::{self, Plan, Request};
 use crate::ids::{TenantId, Uid};
 use crate::ingest::event::EventKind;
 use crate::redis_conn;
@@ -236,9 +237,11 @@ async fn refresh_page(
     studies: Vec<(TenantId, Uid)>,
     schedule: Option<Schedule>,
 ) -> PageResult {
-    let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
+    // No event names a series: whatever rows exist are the study.
+    let none = BTreeSet::new();
+    let requests: Vec<Request> = studies
         .iter()
-        .map(|(t, s)| (t, s, EventKind::Stored))
+        .map(|(t, s)| (t, s, EventKind::Stored, &none))
         .collect();
     let mut backoff = Backoff::default();
     let mut attempt = 1;

@@ -1,7 +1,7 @@
 //! One database snapshot of some studies turned into their cache writes: the fill code
 //! that the daemon and `warm` share.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use redis::aio::ConnectionLike;
@@ -15,11 +15,19 @@ use crate::ingest::event::EventKind;
 use crate::observe::metrics::{self, RoundTrip};
 use crate::series::schedule::{Schedule, SeriesRef};
 
+/// One study to plan: its ids, what its last event asks for, and the series its events
+/// named (each must be among the rows before those events are done).
+pub type Request<'a> = (&'a TenantId, &'a Uid, EventKind, &'a BTreeSet<Uid>);
+
 /// What the snapshot says to do with one study's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// The study has rows: write them.
-    Fill,
+    /// The study has rows: write them. `missing` are the named series that are not among
+    /// them yet (published before their commit): their events are not done.
+    Fill {
+        /// Named series without a row.
+        missing: Vec<Uid>,
+    },
     /// A deleted study without rows: remove its key.
     Remove,
     /// A stored study without rows (not committed yet, or never): nothing to write.
@@ -44,13 +52,13 @@ pub async fn plan(
     db: &PgPool,
     settings: &Settings,
     pipe: &mut Pipeline,
-    studies: &[(&TenantId, &Uid, EventKind)],
+    studies: &[Request<'_>],
     all_series: Option<&Schedule>,
 ) -> Result<Vec<Plan>, sqlx::Error> {
     if studies.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<(&TenantId, &Uid)> = studies.iter().map(|(t, s, _)| (*t, *s)).collect();
+    let keys: Vec<(&TenantId, &Uid)> = studies.iter().map(|(t, s, _, _)| (*t, *s)).collect();
     let started = Instant::now();
     let snapshot = query::fetch_studies(db, &keys).await?;
     metrics::db_query(started.elapsed());
@@ -65,7 +73,7 @@ pub async fn plan(
             .collect();
     Ok(studies
         .iter()
-        .map(|(tenant, study_uid, kind)| {
+        .map(|(tenant, study_uid, kind, named)| {
             let ttl = cache::jittered_ttl(settings.cache.study_ttl_secs);
             match (rows_by_study.get(&(tenant.as_str(), study_uid.as_str())), kind) {
                 (Some(rows), _) => {
@@ -77,7 +85,12 @@ pub async fn plan(
                             schedule.add_pending(pipe, &series);
                         }
                     }
-                    Plan::Fill
+                    let missing = named
+                        .iter()
+                        .filter(|series| !rows.iter().any(|row| row.series_uid == series.as_str()))
+                        .cloned()
+                        .collect();
+                    Plan::Fill { missing }
                 }
                 (None, EventKind::Deleted) => {
                     cache::add_remove_study(pipe, tenant, study_uid, snapshot.version, ttl);
@@ -106,7 +119,7 @@ pub async fn send<C: ConnectionLike>(
     let scripts = plans.iter().filter(|plan| **plan != Plan::Missing);
     for (plan, reply) in scripts.zip(replies) {
         match (plan, reply) {
-            (Plan::Fill, Value::Int(1)) => written.filled += 1,
+            (Plan::Fill { .. }, Value::Int(1)) => written.filled += 1,
             (Plan::Remove, Value::Int(1)) => written.removed += 1,
             _ => written.stale += 1,
         }

@@ -10,9 +10,9 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::fill::recheck::Rechecks;
-use crate::fill::refresh::{self, Plan};
+use crate::fill::refresh::{self, Plan, Request};
 use crate::ids::{TenantId, Uid};
-use crate::ingest::event::{EventError, EventKind};
+use crate::ingest::event::{self, EventError};
 use crate::ingest::stream::{self, Delivered, EntryId, StreamEntry};
 use crate::ingest::window::{Study, Window};
 use crate::keys;
@@ -25,12 +25,14 @@ use crate::series::schedule::{Schedule, SeriesRef};
 const REDIS_REFUSED: &str = "redis_refused";
 /// The dead-letter reason of an entry whose study never appeared in the database.
 const STUDY_NOT_FOUND: &str = "study_not_found";
+/// The dead-letter reason of an entry whose series never appeared among its study's rows.
+const SERIES_NOT_FOUND: &str = "series_not_found";
 
 /// Every reason an entry is dead-lettered for: bad input, or what became of its study.
 pub fn dead_letter_reasons() -> impl Iterator<Item = &'static str> {
     EventError::KINDS
         .into_iter()
-        .chain([REDIS_REFUSED, STUDY_NOT_FOUND])
+        .chain([REDIS_REFUSED, STUDY_NOT_FOUND, SERIES_NOT_FOUND])
 }
 
 /// The connections and helpers a batch needs.
@@ -280,53 +282,57 @@ async fn fill_round(
     let mut pipe = redis::pipe();
 
     // Every study is read, deleted ones included: the database decides.
-    let requests: Vec<(&TenantId, &Uid, EventKind)> = studies
+    let requests: Vec<Request> = studies
         .iter()
-        .map(|study| (&study.key.0, &study.key.1, study.last_kind))
+        .map(|study| (&study.key.0, &study.key.1, study.last_kind, study.series))
         .collect();
     let plans = refresh::plan(&services.db, settings, &mut pipe, &requests, None).await?;
 
     let mut ack_ids: Vec<EntryId> = Vec::with_capacity(report.entries);
-    let mut exhausted: Vec<Delivered> = Vec::new();
+    // Entries still waiting after max_deliveries, with what they wait for.
+    let mut exhausted: Vec<(Delivered, &[Uid])> = Vec::new();
     let mut filled_studies = Vec::new();
     let mut removed_studies = Vec::new();
     for (work, plan) in studies.iter().zip(&plans) {
         let (tenant, study_uid) = work.key;
-        match plan {
-            Plan::Fill => {
-                ack_ids.extend(work.entries.iter().map(|entry| entry.id));
+        // What the study's entries still wait for: nothing, the study, or named series.
+        let waiting: Option<&[Uid]> = match plan {
+            Plan::Fill { missing } => {
                 filled_studies.push((tenant.clone(), study_uid.clone()));
                 // Durably scheduled in the same round trip, before the entries are acked.
                 if let Some(schedule) = &services.schedule {
-                    for series in work.series {
-                        schedule.add_pending(
-                            &mut pipe,
-                            &SeriesRef {
-                                tenant: tenant.clone(),
-                                study: study_uid.clone(),
-                                series: series.clone(),
-                            },
-                        );
+                    for series in work.series.iter().filter(|s| !missing.contains(s)) {
+                        let series = SeriesRef {
+                            tenant: tenant.clone(),
+                            study: study_uid.clone(),
+                            series: series.clone(),
+                        };
+                        schedule.add_pending(&mut pipe, &series);
                     }
                 }
+                (!missing.is_empty()).then_some(missing.as_slice())
             }
             Plan::Remove => {
-                ack_ids.extend(work.entries.iter().map(|entry| entry.id));
                 removed_studies.push((tenant, study_uid));
+                None
             }
-            Plan::Missing => {
-                report.studies_waiting += 1;
-                // Its entries stay pending and are claimed again after claim_idle_ms;
-                // those delivered max_deliveries times have had their chances.
-                exhausted.extend(
-                    work.entries
-                        .iter()
-                        .filter(|entry| entry.deliveries >= settings.stream.max_deliveries),
-                );
-                tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
-                    "study not in the database yet: entries stay pending");
-            }
-        }
+            Plan::Missing => Some(&[]),
+        };
+        let Some(missing) = waiting else {
+            ack_ids.extend(work.entries.iter().map(|entry| entry.id));
+            continue;
+        };
+        report.studies_waiting += 1;
+        // Its entries stay pending and are claimed again after claim_idle_ms; those
+        // delivered max_deliveries times have had their chances.
+        exhausted.extend(
+            work.entries
+                .iter()
+                .filter(|entry| entry.deliveries >= settings.stream.max_deliveries)
+                .map(|entry| (*entry, missing)),
+        );
+        tracing::debug!(%tenant, study_uid = %study_uid, entries = work.entries.len(),
+            missing_series = missing.len(), "not in the database yet: entries stay pending");
     }
 
     if let Some(json_root) = settings.series.json_root.as_deref() {
@@ -338,14 +344,18 @@ async fn fill_round(
     let mut con = services.redis.get().await?;
     metrics::round_trip(RoundTrip::PoolCheck);
     if !exhausted.is_empty() {
-        for entry in stream::read_by_id(&mut *con, &settings.stream, &exhausted).await? {
-            let reason = format!(
-                "study not in the database after {} deliveries",
-                entry.deliveries
-            );
+        let ids: Vec<Delivered> = exhausted.iter().map(|(entry, _)| *entry).collect();
+        let entries = stream::read_by_id(&mut *con, &settings.stream, &ids).await?;
+        for (entry, (_, missing)) in entries.iter().zip(&exhausted) {
+            let Some((reason, kind)) = still_waiting(entry, missing) else {
+                // It named a series that is there now: done, like its study.
+                ack_ids.push(entry.id);
+                continue;
+            };
+            let reason = format!("{reason} after {} deliveries", entry.deliveries);
             tracing::warn!(entry_id = %entry.id, %reason, "dead-lettered");
-            stream::add_dead_letter(&mut pipe, &settings.stream, &entry, &reason);
-            metrics::dead_lettered(STUDY_NOT_FOUND);
+            stream::add_dead_letter(&mut pipe, &settings.stream, entry, &reason);
+            metrics::dead_lettered(kind);
             ack_ids.push(entry.id);
             report.dead_lettered += 1;
         }
@@ -369,6 +379,22 @@ async fn fill_round(
         );
     }
     Ok(report)
+}
+
+/// Why an entry delivered `max_deliveries` times is still not done, with its dead-letter
+/// reason's label; `None` when it is done after all. `missing` are the named series its
+/// study still lacks (none when the study itself has no rows).
+fn still_waiting(entry: &StreamEntry, missing: &[Uid]) -> Option<(String, &'static str)> {
+    if missing.is_empty() {
+        return Some(("study not in the database".into(), STUDY_NOT_FOUND));
+    }
+    let series = event::parse(&entry.fields).ok()?.series?;
+    missing.contains(&series).then(|| {
+        (
+            format!("series {series} not in the database"),
+            SERIES_NOT_FOUND,
+        )
+    })
 }
 
 /// Removes a deleted study's series documents from disk and adds the removal of their

@@ -215,3 +215,108 @@ async fn a_key_redis_refuses_dead_letters_only_its_studys_entries() {
         .await
         .expect("DEL");
 }
+
+/// One study of two series: the dataset and the rows of its first series only.
+fn study_of_two_series(env: &TestEnv) -> (Dataset, Vec<dicom_cache_warmer::DicomStateMeta>) {
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 1,
+        studies: 1,
+        max_series: 2,
+        min_instances: 3,
+        max_instances: 3,
+        seed: 21,
+    });
+    assert_eq!(dataset.rows.len(), 2, "the seed gives two series");
+    let first = dataset.rows[..1].to_vec();
+    (dataset, first)
+}
+
+#[tokio::test]
+async fn events_of_a_series_not_committed_yet_stay_pending_until_it_appears() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    let (dataset, first) = study_of_two_series(&env);
+    dcw_testkit::synthetic::insert_rows(&env.db, &first)
+        .await
+        .expect("first series");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+    let row = &dataset.rows[0];
+    let key = keys::study_metadata(
+        &TenantId::parse(&row.tenant_id).expect("tenant"),
+        &Uid::parse(&row.study_uid).expect("uid"),
+    );
+    let series_in_key = || async {
+        let cached = env.get(&key).await.unwrap_or_else(|| "[]".into());
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&cached).expect("JSON");
+        rows.len()
+    };
+
+    let daemon = env.start_daemon();
+    // Filled with what exists, and nothing acknowledged: a named series is missing.
+    wait_for("the study filled with its first series", || async {
+        series_in_key().await == 1
+    })
+    .await;
+    let backlog = env.backlog().await;
+    assert_eq!(
+        (backlog.pending, backlog.lag),
+        (dataset.events.len(), Some(0)),
+        "every entry of the study stays pending"
+    );
+    dcw_testkit::synthetic::insert_rows(&env.db, &dataset.rows[1..])
+        .await
+        .expect("second series");
+    env.wait_until_drained().await;
+    daemon.stop().await;
+    assert_eq!(series_in_key().await, 2, "reclaimed and filled again");
+    assert!(env.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn only_the_events_of_a_series_that_never_appears_are_dead_lettered() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    env.settings.stream.max_deliveries = 2;
+    let (dataset, first) = study_of_two_series(&env);
+    dcw_testkit::synthetic::insert_rows(&env.db, &first)
+        .await
+        .expect("first series");
+    let mut con = env.redis.clone();
+    dataset
+        .publish(&mut con, &env.settings.stream.key)
+        .await
+        .expect("publish");
+
+    let daemon = env.start_daemon();
+    env.wait_until_drained().await;
+    daemon.stop().await;
+
+    let missing = &dataset.rows[1].series_uid;
+    let expected = dataset
+        .events
+        .iter()
+        .filter(|e| &e.series_uid == missing)
+        .count();
+    let dead = env.dead_letters().await;
+    assert_eq!(dead.len(), expected, "only the missing series' events");
+    for fields in &dead {
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(get("series_uid").as_deref(), Some(missing.as_str()));
+        assert_eq!(
+            get("dead_reason"),
+            Some(format!(
+                "series {missing} not in the database after 2 deliveries"
+            ))
+        );
+    }
+}
