@@ -11,8 +11,10 @@ use crate::consumer::{self, Until};
 use crate::fill::recheck::Rechecks;
 use crate::fill::round::{self, Services};
 use crate::observe::health::{Health, Service};
+use crate::observe::telemetry::one_line;
 use crate::observe::{http, metrics};
 use crate::series::builder::{self, BuildOutcome, Builder};
+use crate::series::rows;
 use crate::{db, jwks, monitor, redis_conn};
 
 /// Runs the daemon until `cancel` fires, then finishes the window in hand and returns.
@@ -48,6 +50,9 @@ async fn run_until(
         redis,
         db: db::lazy_pool(&settings.database).context("database.url")?,
     };
+    if settings.series.roots().is_some() && settings.series.record_status {
+        check_record_grant(&settings, &services.db).await?;
+    }
     // Built before any task starts: an unreadable jwks.ca_file fails the start.
     let jwks = jwks::Refresher::new(&settings.jwks, services.redis.clone())?;
     metrics::handle();
@@ -104,4 +109,24 @@ async fn run_until(
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Fails the start when the database says the role may not record builds; a database
+/// that does not answer in time is checked by the builds themselves.
+async fn check_record_grant(settings: &Settings, db: &sqlx::PgPool) -> anyhow::Result<()> {
+    let timeout = settings.database.connect_timeout();
+    match tokio::time::timeout(timeout, rows::check_record_grant(db)).await {
+        Ok(Err(error)) if error.downcast_ref::<sqlx::Error>().is_none() => Err(error),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %one_line(error.as_ref()), "series.record_status: could not check the grant on dicom_json_meta");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                "series.record_status: the database did not answer the grant check in time"
+            );
+            Ok(())
+        }
+        Ok(Ok(())) => Ok(()),
+    }
 }

@@ -8,6 +8,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::Settings;
 use crate::observe::telemetry;
+use crate::series::rows;
 use crate::{db, redis_conn};
 
 /// Creates the database when missing and applies `migrations/`.
@@ -67,6 +68,9 @@ pub async fn check_config(settings: &Settings) -> anyhow::Result<()> {
     if let Some((dicom_root, json_root)) = settings.series.roots() {
         checks.push(("series.dicom_root", check_readable(dicom_root)));
         checks.push(("series.json_root", check_writable(json_root)));
+        if settings.series.record_status {
+            checks.push(("series.record_status", check_record_grant(settings).await));
+        }
     }
     for (what, result) in &checks {
         match result {
@@ -120,6 +124,12 @@ async fn check_database(settings: &Settings) -> anyhow::Result<String> {
         "{}, dicom_state_meta readable",
         settings.database.url
     ))
+}
+
+async fn check_record_grant(settings: &Settings) -> anyhow::Result<String> {
+    let mut con = connect_database(settings).await?;
+    rows::check_record_grant(&mut con).await?;
+    Ok("dicom_json_meta writable".into())
 }
 
 async fn connect_database(settings: &Settings) -> anyhow::Result<PgConnection> {

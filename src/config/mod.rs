@@ -248,7 +248,7 @@ impl Default for SeriesSettings {
             quiet_ms: 3_000,
             max_delay_ms: 30_000,
             redis_copy: false,
-            record_status: false,
+            record_status: true,
             bulkdata_base_url: None,
             max_concurrent_builds: 2,
         }

@@ -19,7 +19,7 @@ use crate::series::convert::json::{self, DocumentOptions};
 use crate::series::convert::part10::read_instance;
 use crate::series::files::{self, document_path};
 use crate::series::lock::{LOCK_RENEW_EVERY, SeriesLock};
-use crate::series::rows::{self, SeriesRow};
+use crate::series::rows::{self, JsonStatus, SeriesRow};
 use crate::series::schedule::{Schedule, SeriesRef};
 
 /// How often the schedule is looked at for due series.
@@ -277,7 +277,7 @@ impl Builder {
             Err(failure) => {
                 let failure = telemetry::one_line(&failure);
                 tracing::warn!(tenant = %series.tenant, series_uid = %series.series, %failure, "series document not built");
-                self.record(series, &row, rows::JSON_STATUS_FAILED).await?;
+                self.record(series, &row, JsonStatus::Failed).await?;
                 Ok(BuildOutcome::Failed(failure))
             }
         }
@@ -407,7 +407,7 @@ impl Builder {
             lock.set_if_held(&mut *con, &key, bytes, self.settings.cache.study_ttl_secs)
                 .await?;
         }
-        self.record(series, row, rows::JSON_STATUS_BUILT).await?;
+        self.record(series, row, JsonStatus::Built).await?;
         tracing::info!(tenant = %series.tenant, series_uid = %series.series, instances, bytes = bytes.len(), "series document published");
         Ok(BuildOutcome::Built {
             instances,
@@ -419,7 +419,7 @@ impl Builder {
         &self,
         series: &SeriesRef,
         row: &SeriesRow,
-        status: i32,
+        status: JsonStatus,
     ) -> Result<(), BuildError> {
         if self.settings.series.record_status {
             rows::record_json_status(

@@ -53,21 +53,48 @@ pub async fn series_instances(
     .await
 }
 
-/// `dicom_json_meta.json_status` of a built series.
-pub const JSON_STATUS_BUILT: i32 = 1;
-/// `dicom_json_meta.json_status` of a series whose build failed.
-pub const JSON_STATUS_FAILED: i32 = 2;
+/// Checks that the role may record builds (`series.record_status`); the error names the
+/// missing grant and the setting that turns recording off.
+pub async fn check_record_grant<'e>(db: impl sqlx::PgExecutor<'e>) -> anyhow::Result<()> {
+    let (allowed, role): (bool, String) = sqlx::query_as(
+        "SELECT has_table_privilege('dicom_json_meta', 'INSERT')
+                AND has_table_privilege('dicom_json_meta', 'UPDATE'), current_user::text",
+    )
+    .fetch_one(db)
+    .await?;
+    anyhow::ensure!(
+        allowed,
+        "series.record_status: role {role} may not INSERT and UPDATE dicom_json_meta: \
+         GRANT INSERT, UPDATE ON dicom_json_meta TO {role}, or set series.record_status = false \
+         (DCW__SERIES__RECORD_STATUS=false) and let the server's webworker rebuild every document"
+    );
+    Ok(())
+}
 
-/// Upserts the server's `dicom_json_meta` row, with `flag_time` = the series row's
-/// `updated_time`, so that the server's own poller skips the series.
+/// What a build came to, as recorded in the server's `dicom_json_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonStatus {
+    /// Published: `json_status` 1 and `flag_time` = the series row's `updated_time`, so the
+    /// server's webworker skips the series.
+    Built,
+    /// Not built: `json_status` 2 and a `flag_time` that is not the row's `updated_time`
+    /// (the epoch), so the webworker's query selects the series and builds it its own way.
+    Failed,
+}
+
+/// Upserts the server's `dicom_json_meta` row of the series.
 pub async fn record_json_status(
     pool: &PgPool,
     tenant: &TenantId,
     study: &Uid,
     series: &Uid,
     row: &SeriesRow,
-    status: i32,
+    status: JsonStatus,
 ) -> Result<(), sqlx::Error> {
+    let (code, flag_time) = match status {
+        JsonStatus::Built => (1, row.updated_time),
+        JsonStatus::Failed => (2, Some(chrono::DateTime::UNIX_EPOCH.naive_utc())),
+    };
     sqlx::query(
         "INSERT INTO dicom_json_meta (tenant_id, study_uid, series_uid, study_uid_hash, series_uid_hash,
              study_date_origin, flag_time, json_status, retry_times)
@@ -82,8 +109,8 @@ pub async fn record_json_status(
     .bind(&row.study_uid_hash)
     .bind(&row.series_uid_hash)
     .bind(&row.study_date_origin)
-    .bind(row.updated_time)
-    .bind(status)
+    .bind(flag_time)
+    .bind(code)
     .execute(pool)
     .await?;
     Ok(())

@@ -140,9 +140,11 @@ impl TestEnv {
         Daemon { cancel, task }
     }
 
-    /// Environment variables that point the real binary at this test's slice.
+    /// Environment variables that point the real binary at this test's slice, its
+    /// endpoint on a port of its own (tests that talk to it set one after these).
     pub fn daemon_env(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("DCW__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
             ("DCW__REDIS__URL", redis_url()),
             (
                 "DCW__DATABASE__URL",
@@ -293,6 +295,73 @@ impl Drop for TestEnv {
                     }
                     let _: redis::RedisResult<()> =
                         redis::cmd("DEL").arg(&doomed).query_async(&mut con).await;
+                }
+            });
+        })
+        .join()
+        .expect("cleanup thread");
+    }
+}
+
+/// A cluster-wide PostgreSQL role made for one test, dropped (with its privileges in the
+/// test's database) however the test ends.
+pub struct TestRole {
+    /// The role's name.
+    pub name: String,
+    database_url: String,
+}
+
+impl TestRole {
+    /// Creates `{tenant_prefix}_role` with a password, allowed to connect to the test's
+    /// database and granted `grants` (statements with `{role}` in place of its name).
+    pub async fn create(env: &TestEnv, grants: &[&str]) -> Self {
+        let role = Self {
+            name: format!("{}_role", env.tenant_prefix),
+            database_url: env.settings.database.url.expose().to_owned(),
+        };
+        let mut statements = vec![
+            format!("CREATE ROLE {} LOGIN PASSWORD 'role-secret'", role.name),
+            format!(
+                "GRANT CONNECT ON DATABASE {} TO {}",
+                env.database_name, role.name
+            ),
+        ];
+        statements.extend(grants.iter().map(|g| g.replace("{role}", &role.name)));
+        for statement in statements {
+            sqlx::query(&statement)
+                .execute(&env.db)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        role
+    }
+
+    /// The test database's URL, connecting as this role.
+    pub fn url(&self) -> String {
+        self.database_url
+            .replacen("postgres@", &format!("{}@", self.name), 1)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let (name, database_url) = (self.name.clone(), self.database_url.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                // Privileges in the test's database first (gone already when it was dropped).
+                if let Ok(db) = PgPool::connect(&database_url).await {
+                    let _ = sqlx::query(&format!("DROP OWNED BY {name}"))
+                        .execute(&db)
+                        .await;
+                }
+                if let Ok(admin) = PgPool::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })

@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::process::{Child, Command};
 
 use crate::chaos_support::free_port;
-use crate::helpers::{TestEnv, wait_for};
+use crate::helpers::{DEADLINE, TestEnv, TestRole, wait_for};
 
 /// The README's Redis ACL rule, with the test's own stream prefix.
 const ACL_RULE: &str = "on >warmer-secret ~wado:* ~db:* ~dcw:* ~it:* ~jwksurl:* resetchannels -@all \
@@ -143,13 +143,16 @@ pub async fn run_binary(
     vars: &[(&str, String)],
     args: &[&str],
 ) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
         .envs(env.daemon_env())
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DCW__LOG__LEVEL", "warn")
         .args(args)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(DEADLINE, output)
         .await
+        .expect("the binary exits in time")
         .expect("run the binary")
 }
 
@@ -162,33 +165,16 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
     let _redis = start_tls_redis(dir.path(), port).await;
     let mut admin = admin_connection(dir.path(), port).await;
 
-    // A role with exactly the README's grants (series.record_status off).
-    let role = format!("{}_role", env.tenant_prefix);
-    let database = env
-        .settings
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .expect("database")
-        .to_owned();
-    for statement in [
-        format!("CREATE ROLE {role} LOGIN PASSWORD 'role-secret'"),
-        format!("GRANT CONNECT ON DATABASE {database} TO {role}"),
-        format!("GRANT SELECT ON dicom_state_meta, dicom_image_meta, dicom_json_meta TO {role}"),
-    ] {
-        sqlx::query(&statement)
-            .execute(&env.db)
-            .await
-            .expect("role setup");
-    }
-    let role_url = env
-        .settings
-        .database
-        .url
-        .expose()
-        .replacen("postgres@", &format!("{role}@"), 1);
+    // A role with exactly the README's grants.
+    let role = TestRole::create(
+        &env,
+        &[
+            "GRANT SELECT ON dicom_state_meta, dicom_image_meta, dicom_json_meta TO {role}",
+            "GRANT INSERT, UPDATE ON dicom_json_meta TO {role}",
+        ],
+    )
+    .await;
+    let role_url = role.url();
 
     let dataset = Dataset::generate(&DatasetSpec {
         tenant_prefix: env.tenant_prefix.clone(),
@@ -301,10 +287,41 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
         "{printed}"
     );
 
-    sqlx::query(&format!("REVOKE SELECT ON dicom_state_meta FROM {role}"))
-        .execute(&env.db)
-        .await
-        .expect("revoke");
+    // Recording builds (on by default) needs INSERT and UPDATE: check-config and the start
+    // refuse without them, naming the grant and the key that turns recording off.
+    sqlx::query(&format!(
+        "REVOKE INSERT, UPDATE ON dicom_json_meta FROM {}",
+        role.name
+    ))
+    .execute(&env.db)
+    .await
+    .expect("revoke");
+    let refused = run_binary(&env, &vars, &["check-config"]).await;
+    let printed = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success());
+    let missing = format!(
+        "series.record_status: FAILED: series.record_status: role {0} may not INSERT and UPDATE dicom_json_meta: GRANT INSERT, UPDATE ON dicom_json_meta TO {0}, or set series.record_status = false (DCW__SERIES__RECORD_STATUS=false)",
+        role.name
+    );
+    assert!(printed.contains(&missing), "{printed}");
+    let refused = run_binary(&env, &vars, &["run"]).await;
+    let logged = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{logged}");
+    assert!(
+        logged.contains(&format!(
+            "GRANT INSERT, UPDATE ON dicom_json_meta TO {}",
+            role.name
+        )),
+        "{logged}"
+    );
+
+    sqlx::query(&format!(
+        "REVOKE SELECT ON dicom_state_meta FROM {}",
+        role.name
+    ))
+    .execute(&env.db)
+    .await
+    .expect("revoke");
     let refused = run_binary(&env, &vars, &["check-config"]).await;
     let printed = String::from_utf8_lossy(&refused.stdout);
     assert!(!refused.status.success());
@@ -312,13 +329,4 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
         printed.contains("postgres: FAILED") && printed.contains("permission denied"),
         "{printed}"
     );
-
-    sqlx::query(&format!("DROP OWNED BY {role}"))
-        .execute(&env.db)
-        .await
-        .expect("drop owned");
-    sqlx::query(&format!("DROP ROLE {role}"))
-        .execute(&env.db)
-        .await
-        .expect("drop role");
 }

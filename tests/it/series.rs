@@ -47,7 +47,6 @@ impl SeriesFixture {
         env.settings.series.json_root = Some(json_root.clone());
         env.settings.series.quiet_ms = 300;
         env.settings.series.max_delay_ms = 2_000;
-        env.settings.series.record_status = true;
         env.settings.series.redis_copy = true;
         let dataset = Dataset::generate(&DatasetSpec {
             tenant_prefix,
@@ -165,6 +164,66 @@ async fn wait_for_empty_schedule(env: &TestEnv) {
     .await;
 }
 
+/// The server's webworker query (database/src/dicom_pg.rs, `get_json_metaes`, verbatim),
+/// with `$1` an hour ahead so that fresh rows count as quiet: the series it would rebuild.
+async fn webworker_selects(env: &TestEnv) -> Vec<String> {
+    sqlx::query(
+        " Select tenant_id,
+                patient_id,
+                study_uid,
+                series_uid,
+                study_uid_hash,
+                series_uid_hash,
+                study_date_origin,
+                patient_name,
+                patient_sex,
+                patient_birth_date,
+                patient_birth_time,
+                patient_age,
+                patient_size,
+                patient_weight,
+                study_date,
+                study_time,
+                accession_number,
+                study_id,
+                study_description,
+                modality,
+                series_number,
+                series_date,
+                series_time,
+                series_description,
+                body_part_examined,
+                protocol_name,
+                series_related_instances,
+                created_time,
+                updated_time
+                From (SELECT dsm.*
+                      FROM dicom_state_meta dsm
+                               LEFT JOIN dicom_json_meta djm
+                                         ON dsm.tenant_id = djm.tenant_id
+                                             AND dsm.study_uid = djm.study_uid
+                                             AND dsm.series_uid = djm.series_uid
+                      WHERE djm.tenant_id IS NULL AND dsm.updated_time <  $1
+                      UNION ALL
+                      SELECT dsm.*
+                      FROM dicom_state_meta dsm
+                               INNER JOIN dicom_json_meta djm
+                                          ON dsm.tenant_id = djm.tenant_id
+                                              AND dsm.study_uid = djm.study_uid
+                                              AND dsm.series_uid = djm.series_uid
+                      WHERE dsm.updated_time != djm.flag_time AND dsm.updated_time <  $1
+                      ) AS t
+                order by t.updated_time asc limit 10;",
+    )
+    .bind(chrono::Local::now().naive_local() + chrono::Duration::hours(1))
+    .fetch_all(&env.db)
+    .await
+    .expect("the webworker's query")
+    .iter()
+    .map(|row| sqlx::Row::get(row, "series_uid"))
+    .collect()
+}
+
 fn read_document(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(path).expect("document")).expect("a JSON array")
 }
@@ -227,6 +286,11 @@ async fn a_burst_of_instance_events_builds_one_conformant_document_where_the_ser
     .await
     .expect("status row");
     assert_eq!((status, flag_time_matches), (1, true));
+    assert_eq!(
+        webworker_selects(&env).await,
+        Vec::<String>::new(),
+        "the server's webworker leaves a built series alone"
+    );
     assert_eq!(
         env.get(&keys::series_lock(&series.tenant, &series.series))
             .await,
@@ -539,6 +603,11 @@ async fn a_missing_instance_file_is_recorded_as_failed_and_nothing_is_published(
     .await;
     daemon.stop().await;
     assert!(!series.document().exists(), "no half-built document");
+    assert_eq!(
+        webworker_selects(&env).await,
+        vec![series.series.to_string()],
+        "a series the daemon could not build is left to the server's webworker"
+    );
     assert_eq!(
         env.get(&keys::series_lock(&series.tenant, &series.series))
             .await,
