@@ -22,9 +22,17 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let mut home = None;
+        // An empty value means unset, as in most shells' and orchestrators' habits: a
+        // `DCW__SERIES__JSON_ROOT=` left in a file must not turn series documents on.
         let env: config::Map<String, String> = env
             .into_iter()
-            .filter(|(name, _)| name.starts_with("DCW__"))
+            .filter(|(name, value)| {
+                if name == "HOME" {
+                    home = Some(value.clone());
+                }
+                name.starts_with("DCW__") && !value.is_empty()
+            })
             .collect();
         let mut builder =
             config::Config::builder().add_source(config::File::from(default_file).required(false));
@@ -44,8 +52,38 @@ impl Settings {
             .try_deserialize()
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
         settings.read_password_files()?;
+        settings.expand_home(home.as_deref())?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Expands a leading `~` in the series roots as the server does for its storage paths,
+    /// so that a root copied from the server's configuration is the same folder.
+    fn expand_home(&mut self, home: Option<&str>) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (key, root) in [
+            ("series.dicom_root", &mut self.series.dicom_root),
+            ("series.json_root", &mut self.series.json_root),
+        ] {
+            let Some(path) = root.as_deref().and_then(Path::to_str) else {
+                continue;
+            };
+            let rest = match path.strip_prefix('~') {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                Some(_) => {
+                    problems.push(format!(
+                        "{key}: {path}: only `~` and `~/…` are expanded, give the absolute path"
+                    ));
+                    continue;
+                }
+                None => continue,
+            };
+            match home.filter(|h| !h.is_empty()) {
+                Some(home) => *root = Some(Path::new(home).join(rest.trim_start_matches('/'))),
+                None => problems.push(format!("{key}: {path} starts with `~` but HOME is not set")),
+            }
+        }
+        ConfigError::unless_empty(problems)
     }
 
     /// Replaces each password by the content of its `password_file`, when one is given.
@@ -195,6 +233,56 @@ pub(super) mod tests {
         .expect_err("missing file");
         assert!(
             err.0[0].starts_with("database.password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_variable_counts_as_unset() {
+        let s = load(
+            "[series]\nquiet_ms = 500\n",
+            None,
+            &[
+                ("DCW__SERIES__JSON_ROOT", ""),
+                ("DCW__SERIES__QUIET_MS", ""),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(s.series.json_root, None, "series documents stay off");
+        assert_eq!(s.series.quiet_ms, 500, "the file's value stands");
+    }
+
+    #[test]
+    fn a_leading_tilde_in_the_roots_is_the_home_folder_as_for_the_server() {
+        let roots = [
+            ("DCW__SERIES__DICOM_ROOT", "~/dicom/files/"),
+            ("DCW__SERIES__JSON_ROOT", "~"),
+        ];
+        let s = load("", None, &[&roots[..], &[("HOME", "/home/dicom")]].concat()).expect("valid");
+        assert_eq!(
+            s.series.dicom_root.as_deref(),
+            Some(Path::new("/home/dicom/dicom/files"))
+        );
+        assert_eq!(
+            s.series.json_root.as_deref(),
+            Some(Path::new("/home/dicom"))
+        );
+
+        let err = load("", None, &roots).expect_err("no HOME");
+        assert!(
+            err.to_string()
+                .contains("series.dicom_root: ~/dicom/files/ starts with `~` but HOME is not set"),
+            "{err}"
+        );
+        let err = load(
+            "",
+            None,
+            &[("DCW__SERIES__JSON_ROOT", "~dicom/json"), ("HOME", "/h")],
+        )
+        .expect_err("~user");
+        assert!(
+            err.to_string()
+                .contains("series.json_root: ~dicom/json: only `~` and `~/…` are expanded"),
             "{err}"
         );
     }
