@@ -37,18 +37,15 @@ async fn run_until(
     until: Until,
 ) -> anyhow::Result<()> {
     let redis = redis_conn::command_pool(&settings.redis).context("redis.url")?;
+    let db = db::lazy_pool(&settings.database).context("database.url")?;
     let services = Services {
-        rechecks: Rechecks::spawn(
-            redis.clone(),
-            settings.cache.negative_recheck(),
-            cancel.clone(),
-        ),
+        rechecks: Rechecks::spawn(settings.clone(), redis.clone(), db.clone(), cancel.clone()),
         schedule: settings
             .series
             .roots()
             .map(|_| builder::schedule_of(&settings)),
         redis,
-        db: db::lazy_pool(&settings.database).context("database.url")?,
+        db,
     };
     if settings.series.roots().is_some() && settings.series.record_status {
         check_record_grant(&settings, &services.db).await?;

@@ -18,6 +18,12 @@ pub fn study_version(tenant: &TenantId, study: &Uid) -> String {
     format!("wado:{tenant}:study:{study}:metadata:version")
 }
 
+/// `wado:{tenant}:study:{study}:metadata:digest`: the SHA-1 of what the daemon last wrote to
+/// the study key, so that a later write by someone else (the server) can be told apart.
+pub fn study_digest(tenant: &TenantId, study: &Uid) -> String {
+    format!("wado:{tenant}:study:{study}:metadata:digest")
+}
+
 /// `db:{tenant}:study:{study}:metadata`: the server's negative flag ("the database failed").
 pub fn study_negative_flag(tenant: &TenantId, study: &Uid) -> String {
     format!("db:{tenant}:study:{study}:metadata")

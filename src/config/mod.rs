@@ -190,23 +190,25 @@ fn default_consumer_name() -> String {
 pub struct CacheSettings {
     /// Lifetime of a study metadata key, in seconds (the server uses 7200).
     pub study_ttl_secs: u64,
-    /// Delay of the second look at a filled study's negative flag, in milliseconds.
-    pub negative_recheck_ms: u64,
+    /// Delay of the first second look at a filled study (negative flag, overwritten key),
+    /// in milliseconds; later looks come 5 and 30 times as late.
+    #[serde(alias = "negative_recheck_ms")]
+    pub recheck_ms: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             study_ttl_secs: 7_200,
-            negative_recheck_ms: 2_000,
+            recheck_ms: 2_000,
         }
     }
 }
 
 impl CacheSettings {
-    /// Delay of the second look at a filled study's negative flag.
-    pub fn negative_recheck(&self) -> Duration {
-        Duration::from_millis(self.negative_recheck_ms)
+    /// Delay of the first second look at a filled study.
+    pub fn recheck(&self) -> Duration {
+        Duration::from_millis(self.recheck_ms)
     }
 }
 

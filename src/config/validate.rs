@@ -142,8 +142,8 @@ fn check_claim_timing(settings: &Settings, problems: &mut Problems) {
 
 fn check_cache(cache: &CacheSettings, problems: &mut Problems) {
     problems.check(
-        (1..=300_000).contains(&cache.negative_recheck_ms),
-        "cache.negative_recheck_ms",
+        (1..=300_000).contains(&cache.recheck_ms),
+        "cache.recheck_ms",
         "must be between 1 and 300000 (the server's flag lives 300 s)",
     );
     problems.check(

@@ -6,10 +6,10 @@ use redis::Pipeline;
 use crate::ids::{TenantId, Uid};
 use crate::keys;
 
-/// Sets the study key and its version, unless a newer version is already there, and
-/// deletes the negative flag in the same step (the study exists either way).
-/// KEYS: study, version, negative flag. ARGV: rows JSON, version, TTL in seconds.
-/// Returns 1 when written, 0 when a newer snapshot was already cached.
+/// Sets the study key, its version and the digest of what it holds, unless a newer version
+/// is already there, and deletes the negative flag in the same step (the study exists
+/// either way). KEYS: study, version, negative flag, digest. ARGV: rows JSON, version, TTL
+/// in seconds. Returns 1 when written, 0 when a newer snapshot was already cached.
 const FILL_STUDY: &str = r"
 local current = tonumber(redis.call('GET', KEYS[2]))
 redis.call('DEL', KEYS[3])
@@ -18,18 +18,20 @@ if current and current > tonumber(ARGV[2]) then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[4], redis.sha1hex(ARGV[1]), 'EX', ARGV[3])
 return 1
 ";
 
-/// Deletes the study key and leaves its version as a tombstone, unless a newer version is
-/// cached (the study was stored again after the snapshot that found it gone).
-/// KEYS: study, version. ARGV: version, TTL in seconds. Returns 1 when removed, 0 when stale.
+/// Deletes the study key and its digest and leaves its version as a tombstone, unless a
+/// newer version is cached (the study was stored again after the snapshot that found it
+/// gone). KEYS: study, version, digest. ARGV: version, TTL in seconds. Returns 1 when
+/// removed, 0 when stale.
 const REMOVE_STUDY: &str = r"
 local current = tonumber(redis.call('GET', KEYS[2]))
 if current and current > tonumber(ARGV[1]) then
     return 0
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
@@ -47,10 +49,11 @@ pub fn add_fill_study(
     // restarted Redis that lost its script cache needs no reload round trip.
     pipe.cmd("EVAL")
         .arg(FILL_STUDY)
-        .arg(3)
+        .arg(4)
         .arg(keys::study_metadata(tenant, study))
         .arg(keys::study_version(tenant, study))
         .arg(keys::study_negative_flag(tenant, study))
+        .arg(keys::study_digest(tenant, study))
         .arg(rows_json)
         .arg(version)
         .arg(ttl_secs);
@@ -68,9 +71,10 @@ pub fn add_remove_study(
 ) {
     pipe.cmd("EVAL")
         .arg(REMOVE_STUDY)
-        .arg(2)
+        .arg(3)
         .arg(keys::study_metadata(tenant, study))
         .arg(keys::study_version(tenant, study))
+        .arg(keys::study_digest(tenant, study))
         .arg(version)
         .arg(ttl_secs);
 }

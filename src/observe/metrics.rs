@@ -141,21 +141,24 @@ impl RoundTrip {
     }
 }
 
-/// What a negative-flag recheck did.
+/// What a second look at a filled study did.
 #[derive(Debug, Clone, Copy)]
 pub enum RecheckOutcome {
-    /// A flag set after the fill was found and removed.
-    Cleared,
-    /// The queue was full: no second look for that batch.
+    /// A negative flag set after the fill was found and removed.
+    FlagCleared,
+    /// The study key no longer held what the daemon wrote: filled again.
+    Refilled,
+    /// Too many studies waiting: no second look.
     Skipped,
 }
 
 impl RecheckOutcome {
-    const ALL: [Self; 2] = [Self::Cleared, Self::Skipped];
+    const ALL: [Self; 3] = [Self::FlagCleared, Self::Refilled, Self::Skipped];
 
     fn label(self) -> &'static str {
         match self {
-            Self::Cleared => "cleared",
+            Self::FlagCleared => "flag_cleared",
+            Self::Refilled => "refilled",
             Self::Skipped => "skipped",
         }
     }
@@ -221,7 +224,7 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         RoundTrip::ALL.map(RoundTrip::label),
     );
     register(
-        "dcw_negative_rechecks_total",
+        "dcw_rechecks_total",
         "outcome",
         RecheckOutcome::ALL.map(RecheckOutcome::label),
     );
@@ -237,9 +240,9 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         "Entries moved to the dead-letter stream, by reason"
     );
     describe_counter!(
-        "dcw_negative_rechecks_total",
+        "dcw_rechecks_total",
         Unit::Count,
-        "Negative-flag second looks, by outcome"
+        "Second looks at filled studies that found something to do, by outcome"
     );
     describe_counter!(
         "dcw_redis_round_trips_total",
@@ -328,9 +331,9 @@ pub fn dead_lettered(reason: &'static str) {
     counter!("dcw_entries_dead_lettered_total", "reason" => reason).increment(1);
 }
 
-/// Counts a negative-flag recheck outcome.
-pub fn negative_recheck(outcome: RecheckOutcome) {
-    counter!("dcw_negative_rechecks_total", "outcome" => outcome.label()).increment(1);
+/// Counts `count` second looks that came to `outcome`.
+pub fn rechecked(outcome: RecheckOutcome, count: usize) {
+    counter!("dcw_rechecks_total", "outcome" => outcome.label()).increment(count as u64);
 }
 
 /// Sets the group's pending count and lag (when the group exists) and the dead-letter

@@ -207,7 +207,7 @@ const FAMILIES_AT_START: [&str; 29] = [
     "dcw_studies_stale_total",
     "dcw_studies_removed_total",
     "dcw_studies_waiting_total",
-    "dcw_negative_rechecks_total",
+    "dcw_rechecks_total",
     "dcw_db_queries_total",
     "dcw_redis_round_trips_total",
     "dcw_connection_errors_total",
@@ -272,7 +272,7 @@ async fn a_clean_start_exports_every_metric_at_zero_and_logs_no_warning() {
         ("dcw_series_builds_total", "result", "interrupted"),
         ("dcw_connection_errors_total", "service", "postgres"),
         ("dcw_redis_round_trips_total", "op", "pool_check"),
-        ("dcw_negative_rechecks_total", "outcome", "cleared"),
+        ("dcw_rechecks_total", "outcome", "refilled"),
     ] {
         let line = format!("{family}{{{label}=\"{value}\"}} 0");
         assert!(
