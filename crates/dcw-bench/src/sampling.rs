@@ -24,7 +24,7 @@ pub(crate) async fn machine(con: &mut MultiplexedConnection, pool: &PgPool) -> S
         .lines()
         .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
         .map_or("unknown processor", |(_, model)| model.trim());
-    let memory_gib = proc_meminfo_kib("MemTotal").unwrap_or(0) as f64 / 1_048_576.0;
+    let memory_gib = proc_kib("/proc/meminfo", "MemTotal").unwrap_or(0) as f64 / 1_048_576.0;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let info: String = redis::cmd("INFO")
         .arg("server")
@@ -46,17 +46,14 @@ pub(crate) async fn machine(con: &mut MultiplexedConnection, pool: &PgPool) -> S
     )
 }
 
-fn proc_meminfo_kib(field: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// A `kB` field of /proc/{pid}/status, such as VmHWM (peak resident set).
 pub(crate) fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(&format!("/proc/{pid}/status"), field)
+}
+
+/// A `Field: N kB` line of a /proc file such as /proc/meminfo.
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
         .ok()?
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
