@@ -12,9 +12,7 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec, InstanceEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
-use dicom_cache_warmer::{
-    Backlog, Settings, backlog, by_study, connection_info, encode_study, ensure_group, keys,
-};
+use dicom_cache_warmer::{Backlog, Settings, backlog, connection_info, ensure_group, keys};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -23,6 +21,7 @@ use crate::daemon::{Daemon, DaemonArgs};
 use crate::load::DatasetArgs;
 use crate::sampling::{format_load, load_average, machine};
 use crate::scratch::{Scratch, analyze, with_scratch};
+use crate::verify::wrong_study_keys;
 
 /// A probe whose key is not visible after this long fails the latency benchmark.
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -165,20 +164,7 @@ async fn latency_on(
     daemon.stop().await?;
     let (idle, loaded) = phases?;
 
-    let expected: Vec<(String, String)> = by_study(&probe_studies.rows)
-        .map(|rows| {
-            let tenant = TenantId::parse(&rows[0].tenant_id)?;
-            let uid = Uid::parse(&rows[0].study_uid)?;
-            anyhow::Ok((keys::study_metadata(&tenant, &uid), encode_study(rows)))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut wrong_probe_keys = 0;
-    for (key, json) in &expected {
-        let cached: Option<String> = redis::cmd("GET").arg(key).query_async(&mut con).await?;
-        if cached.as_deref() != Some(json.as_str()) {
-            wrong_probe_keys += 1;
-        }
-    }
+    let wrong_probe_keys = wrong_study_keys(&mut con, &probe_studies).await?;
     pool.close().await;
     Ok(LatencyReport {
         machine,
