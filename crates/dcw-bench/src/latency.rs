@@ -12,7 +12,9 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec, InstanceEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
-use dicom_cache_warmer::{Backlog, Settings, backlog, connection_info, ensure_group, keys};
+use dicom_cache_warmer::{
+    Backlog, RedisSettings, Settings, backlog, connection_info, ensure_group, keys,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -192,8 +194,7 @@ async fn run_probes(
         probes.to_vec(),
     );
     tokio::task::spawn_blocking(move || {
-        let client = redis::Client::open(connection_info(&redis)?)?;
-        let mut con = client.get_connection_with_timeout(redis.command_timeout())?;
+        let mut con = blocking_redis(&redis)?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut latencies = Vec::with_capacity(probes.len());
         for probe in &probes {
@@ -226,15 +227,14 @@ async fn run_probes(
 /// Publishes `events` (over again when they run out) at `rate` per second until `stop`;
 /// returns how many were published and for how long.
 fn publish_paced(
-    redis: &dicom_cache_warmer::RedisSettings,
+    redis: &RedisSettings,
     stream_key: &str,
     events: &[InstanceEvent],
     rate: u64,
     stop: &AtomicBool,
 ) -> anyhow::Result<(u64, Duration)> {
     ensure!(!events.is_empty(), "no background events");
-    let client = redis::Client::open(connection_info(redis)?)?;
-    let mut con = client.get_connection_with_timeout(redis.command_timeout())?;
+    let mut con = blocking_redis(redis)?;
     let started = Instant::now();
     let mut sent: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -252,6 +252,12 @@ fn publish_paced(
         std::thread::sleep(Duration::from_micros(500));
     }
     Ok((sent, started.elapsed()))
+}
+
+/// A plain blocking connection, for the threads that publish and poll.
+fn blocking_redis(redis: &RedisSettings) -> anyhow::Result<redis::Connection> {
+    let client = redis::Client::open(connection_info(redis)?)?;
+    Ok(client.get_connection_with_timeout(redis.command_timeout())?)
 }
 
 /// The nearest-rank percentile of sorted values.
