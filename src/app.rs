@@ -69,7 +69,10 @@ async fn run_until(
     let endpoint = http::bind(
         &settings.http.listen,
         health.clone(),
-        settings.liveness_max_silence(),
+        (
+            settings.liveness_max_silence(),
+            settings.stream.stall_after(),
+        ),
         cancel.clone(),
     )
     .await

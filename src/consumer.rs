@@ -11,7 +11,7 @@ use crate::fill::round::{self, BatchError, BatchReport, Services};
 use crate::ingest::reader::Reader;
 use crate::ingest::stream;
 use crate::ingest::window::Window;
-use crate::observe::health::{Health, Service};
+use crate::observe::health::{Health, Service, Step};
 use crate::observe::metrics::{self, Counter};
 
 /// The cursor that starts (and, returned, ends) a scan of the pending list.
@@ -53,7 +53,9 @@ pub async fn run(
         if Instant::now() >= next_claim {
             next_claim = Instant::now() + settings.stream.claim_interval();
             if let Err(error) = reclaim(services, settings, health, cancel).await {
-                health.down(error.service(), &error);
+                health.work_failed(Step::Reclaim, error.service(), &error);
+            } else {
+                health.work_ok(Step::Reclaim);
             }
         }
         let mut window = Window::default();
@@ -61,9 +63,10 @@ pub async fn run(
         match &read {
             Ok(()) => {
                 health.up(Service::Redis);
+                health.work_ok(Step::Read);
                 backoff.reset();
             }
-            Err(error) => health.down(Service::Redis, error),
+            Err(error) => health.work_failed(Step::Read, Service::Redis, error),
         }
         if read.is_ok() && window.is_empty() && until == Until::Drained {
             tracing::info!("stream drained: stopping");
@@ -155,11 +158,15 @@ async fn process_until_done(
                 if step.queried_database {
                     health.up(Service::Database);
                 }
+                health.work_ok(Step::Process);
+                if step.acked + step.dead_lettered > 0 {
+                    health.done_some();
+                }
                 report += step;
                 backoff.reset();
             }
             Err(error) => {
-                health.down(error.service(), &error);
+                health.work_failed(Step::Process, error.service(), &error);
                 if cancel.is_cancelled() {
                     tracing::warn!(
                         entries = window.len() - report.entries,

@@ -37,7 +37,7 @@ pub async fn run(
             Ok(_) => health.up(Service::Database),
             Err(error) => health.down(Service::Database, &error),
         }
-        if !told_ready && health.is_ready() {
+        if !told_ready && health.readiness(settings.stream.stall_after()).is_ok() {
             told_ready = true;
             notify(&[NotifyState::Ready, NotifyState::Status("warming caches")]);
         }
@@ -63,6 +63,10 @@ async fn probe_redis(settings: &Settings, health: &Health, redis: &deadpool_redi
         Ok((backlog, dead_letters)) => {
             health.up(Service::Redis);
             health.set_group_ready(backlog.is_some());
+            health.set_waiting(
+                backlog.is_some_and(|b| b.pending > 0 || b.lag.is_some_and(|l| l > 0)),
+            );
+            metrics::progress_stalled(health.is_stalled(settings.stream.stall_after()));
             metrics::stream_gauges(
                 backlog.map(|b| b.pending),
                 backlog.and_then(|b| b.lag),

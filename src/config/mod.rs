@@ -142,6 +142,9 @@ pub struct StreamSettings {
     pub block_ms: u64,
     /// Other consumers idle longer than this and owning no entry are deleted, in milliseconds.
     pub stale_consumer_ms: u64,
+    /// Readiness fails when entries wait and none was acknowledged or dead-lettered for
+    /// this long, in seconds.
+    pub stall_after_secs: u64,
 }
 
 impl Default for StreamSettings {
@@ -157,6 +160,7 @@ impl Default for StreamSettings {
             coalesce_entries: 1_000_000,
             block_ms: 1_000,
             stale_consumer_ms: 600_000,
+            stall_after_secs: 600,
         }
     }
 }
@@ -170,6 +174,11 @@ impl StreamSettings {
     /// Entries pending longer than this are reclaimed.
     pub fn claim_idle(&self) -> Duration {
         Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// How long entries may wait with none done before readiness fails.
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs)
     }
 
     /// How often idle entries are looked for: twice per `claim_idle_ms`.

@@ -118,22 +118,11 @@ impl BatchError {
     }
 }
 
-/// Redis error codes that mean "not now" rather than "never": the batch is retried.
-const TRANSIENT_CODES: [&str; 10] = [
-    "LOADING",
-    "READONLY",
-    "OOM",
-    "BUSY",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-    "MISCONF",
-    "NOGROUP",
-];
-
-/// True when Redis answered but refused a command for a reason of the data (a key of the
-/// wrong type, a failing script): retrying the same writes would fail forever.
+/// True when Redis answered but refused a write for a reason of the data itself: a key of
+/// the wrong type (`WRONGTYPE`, kept by Redis inside scripts too), which retrying would
+/// meet forever. Anything else — `NOPERM` and the `ERR` that Redis 7.0 gives a script for an
+/// ACL denial, `NOSCRIPT`, `READONLY`, `OOM`, `MISCONF`, `LOADING`, `BUSY`, `CLUSTERDOWN` … —
+/// is a fault of the infrastructure or its configuration that an operator fixes: retried.
 fn is_refused_write(error: &BatchError) -> bool {
     let BatchError::Redis(error) = error else {
         return false;
@@ -143,7 +132,7 @@ fn is_refused_write(error: &BatchError) -> bool {
         !refusals.is_empty()
             && refusals
                 .iter()
-                .all(|(_, refusal)| !TRANSIENT_CODES.contains(&refusal.code()))
+                .all(|(_, refusal)| refusal.code() == "WRONGTYPE")
     })
 }
 

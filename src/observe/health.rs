@@ -1,8 +1,10 @@
-//! What the daemon knows of itself and its services: liveness (the main loop moves),
-//! readiness (services reachable, group present, not stopping); service changes are
+//! What the daemon knows of itself and its services: liveness (the main loop goes round)
+//! and readiness (services reachable, group present, the work in hand not failing, entries
+//! acknowledged while some wait, not stopping), each refusal with its reason. Changes are
 //! logged once per change of state.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,18 @@ impl fmt::Display for Service {
     }
 }
 
+/// A step of the consumer's work, each with its own fault: one step succeeding does not
+/// hide another that keeps failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading new entries.
+    Read,
+    /// Claiming idle entries and deleting gone consumers.
+    Reclaim,
+    /// Processing a window: fills, dead letters, acknowledgements.
+    Process,
+}
+
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
@@ -48,7 +62,14 @@ pub struct Health {
     group_ready: AtomicBool,
     stopping: AtomicBool,
     started: Instant,
-    last_progress_ms: AtomicU64,
+    /// When the main loop last went round (liveness), in ms since `started`.
+    last_beat_ms: AtomicU64,
+    /// When an entry was last acknowledged or dead-lettered, in ms since `started`.
+    last_done_ms: AtomicU64,
+    /// Entries wait (lag or pending), as last read.
+    waiting: AtomicBool,
+    /// Why each step failed last, until it succeeds.
+    work_faults: Mutex<[Option<String>; 3]>,
 }
 
 impl Default for Health {
@@ -59,22 +80,69 @@ impl Default for Health {
             group_ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
-            last_progress_ms: AtomicU64::new(0),
+            last_beat_ms: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            work_faults: Mutex::default(),
         }
     }
 }
 
 impl Health {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn since(&self, mark: &AtomicU64) -> Duration {
+        let last = Duration::from_millis(mark.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
     /// Records that the main loop went round once more.
     pub fn beat(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_progress_ms.store(now, Ordering::Relaxed);
+        self.last_beat_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// True when the main loop went round within `max_silence`.
     pub fn is_live(&self, max_silence: Duration) -> bool {
-        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last) <= max_silence
+        self.since(&self.last_beat_ms) <= max_silence
+    }
+
+    /// Records that entries were acknowledged or dead-lettered.
+    pub fn done_some(&self) {
+        self.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Records whether entries wait for the group (lag or pending), as just read.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// True when entries wait and none was acknowledged or dead-lettered for `after`.
+    pub fn is_stalled(&self, after: Duration) -> bool {
+        self.waiting.load(Ordering::Relaxed) && self.since(&self.last_done_ms) > after
+    }
+
+    /// Records a failed step of the work (it is retried with backoff); logs when the step
+    /// was not failing, or fails for another reason now.
+    pub fn work_failed(&self, step: Step, service: Service, error: &dyn fmt::Display) {
+        metrics::connection_error(service.label());
+        let reason = format!("{service}: {error}");
+        let fault = &mut self.work_faults.lock().expect("health lock")[step as usize];
+        if fault.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(?step, %service, %error, "failed; retrying with backoff, entries stay pending");
+            *fault = Some(reason);
+        }
+    }
+
+    /// Records a step of the work that succeeded.
+    pub fn work_ok(&self, step: Step) {
+        if self.work_faults.lock().expect("health lock")[step as usize]
+            .take()
+            .is_some()
+        {
+            tracing::info!(?step, "works again");
+        }
     }
 
     /// Records that the consumer group exists (or no longer does).
@@ -87,12 +155,40 @@ impl Health {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Both services answered their last call, the group exists, and the daemon is not
-    /// stopping.
-    pub fn is_ready(&self) -> bool {
-        self.all_up()
-            && self.group_ready.load(Ordering::Relaxed)
-            && !self.stopping.load(Ordering::Relaxed)
+    /// Both services answered their last call, the group exists, the work in hand is not
+    /// failing, entries are being done while some wait (within `stall_after`), and the
+    /// daemon is not stopping; otherwise why not.
+    pub fn readiness(&self, stall_after: Duration) -> Result<(), String> {
+        for service in Service::ALL {
+            match self.state(service).load(Ordering::Relaxed) {
+                UP => {}
+                DOWN => return Err(format!("{service} unreachable")),
+                _ => return Err(format!("{service} not reached yet")),
+            }
+        }
+        if !self.group_ready.load(Ordering::Relaxed) {
+            return Err("consumer group not created yet".into());
+        }
+        if let Some(fault) = self
+            .work_faults
+            .lock()
+            .expect("health lock")
+            .iter()
+            .flatten()
+            .next()
+        {
+            return Err(format!("the work in hand fails: {fault}"));
+        }
+        if self.is_stalled(stall_after) {
+            return Err(format!(
+                "no progress: entries wait and none was acknowledged for {} s",
+                self.since(&self.last_done_ms).as_secs()
+            ));
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("stopping".into());
+        }
+        Ok(())
     }
 
     fn state(&self, service: Service) -> &AtomicU8 {
@@ -120,32 +216,62 @@ impl Health {
             tracing::debug!(%service, %error, "still unreachable");
         }
     }
-
-    fn all_up(&self) -> bool {
-        [&self.redis, &self.database]
-            .iter()
-            .all(|s| s.load(Ordering::Relaxed) == UP)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const STALL: Duration = Duration::from_secs(600);
+
     #[test]
-    fn ready_needs_both_services_the_group_and_not_stopping() {
+    fn ready_needs_both_services_the_group_working_steps_and_not_stopping() {
         let health = Health::default();
-        assert!(!health.is_ready());
+        assert_eq!(health.readiness(STALL), Err("redis not reached yet".into()));
         health.up(Service::Redis);
         health.up(Service::Database);
-        assert!(!health.is_ready(), "group not yet ensured");
+        assert_eq!(
+            health.readiness(STALL),
+            Err("consumer group not created yet".into())
+        );
         health.set_group_ready(true);
-        assert!(health.is_ready());
+        assert_eq!(health.readiness(STALL), Ok(()));
         health.down(Service::Database, &"refused");
-        assert!(!health.is_ready());
+        assert_eq!(health.readiness(STALL), Err("postgres unreachable".into()));
         health.up(Service::Database);
+        // A probe that succeeds does not hide work that keeps failing.
+        health.work_failed(
+            Step::Process,
+            Service::Redis,
+            &"NOPERM no permissions to run the 'xrange' command",
+        );
+        health.up(Service::Redis);
+        health.work_ok(Step::Read);
+        assert_eq!(
+            health.readiness(STALL),
+            Err(
+                "the work in hand fails: redis: NOPERM no permissions to run the 'xrange' command"
+                    .into()
+            )
+        );
+        health.work_ok(Step::Process);
+        assert_eq!(health.readiness(STALL), Ok(()));
         health.set_stopping();
-        assert!(!health.is_ready());
+        assert_eq!(health.readiness(STALL), Err("stopping".into()));
+    }
+
+    #[test]
+    fn stalled_only_while_entries_wait_and_none_is_done() {
+        let health = Health {
+            started: Instant::now() - Duration::from_secs(5),
+            ..Health::default()
+        };
+        let after = Duration::from_secs(1);
+        assert!(!health.is_stalled(after), "nothing waits");
+        health.set_waiting(true);
+        assert!(health.is_stalled(after));
+        health.done_some();
+        assert!(!health.is_stalled(after));
     }
 
     #[test]

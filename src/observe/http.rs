@@ -17,13 +17,14 @@ use crate::observe::metrics;
 struct Endpoint {
     health: Arc<Health>,
     max_silence: Duration,
+    stall_after: Duration,
 }
 
 /// Binds `listen` (failing at once when it cannot) and serves until `cancel` fires.
 pub async fn bind(
     listen: &str,
     health: Arc<Health>,
-    max_silence: Duration,
+    (max_silence, stall_after): (Duration, Duration),
     cancel: CancellationToken,
 ) -> std::io::Result<impl Future<Output = ()> + use<>> {
     let listener = TcpListener::bind(listen).await?;
@@ -35,6 +36,7 @@ pub async fn bind(
         .with_state(Endpoint {
             health,
             max_silence,
+            stall_after,
         });
     Ok(async move {
         let served = axum::serve(listener, app)
@@ -57,11 +59,13 @@ async fn healthz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str)
     }
 }
 
-async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
-    if endpoint.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+    match endpoint.health.readiness(endpoint.stall_after) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 

@@ -265,6 +265,12 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         "Entries delivered and not yet acknowledged"
     );
     describe_gauge!(
+        "dcw_progress_stalled",
+        Unit::Count,
+        "1 while entries wait and none was acknowledged or dead-lettered for stream.stall_after_secs"
+    );
+    gauge!("dcw_progress_stalled").set(0.0);
+    describe_gauge!(
         "dcw_dead_letter_length",
         Unit::Count,
         "Entries in the dead-letter stream"
@@ -368,6 +374,11 @@ pub fn connection_error(service: &'static str) {
 pub fn batch_done(entries: usize, elapsed: Duration) {
     histogram!("dcw_batch_entries").record(entries as f64);
     histogram!("dcw_batch_duration_seconds").record(elapsed);
+}
+
+/// Sets whether entries wait and none was done for `stream.stall_after_secs`.
+pub fn progress_stalled(stalled: bool) {
+    gauge!("dcw_progress_stalled").set(if stalled { 1.0 } else { 0.0 });
 }
 
 /// Counts a failed key set refresh for `reason` (a short, bounded name).
