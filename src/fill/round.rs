@@ -273,7 +273,7 @@ async fn fill_round(
     // Every study is read, deleted ones included: the database decides.
     let requests: Vec<Request> = studies
         .iter()
-        .map(|study| (&study.key.0, &study.key.1, study.last_kind, study.series))
+        .map(|study| (&study.key.0, &study.key.1, study.kind, study.series))
         .collect();
     let plans = refresh::plan(&services.db, settings, &mut pipe, &requests, None).await?;
 

@@ -16,10 +16,10 @@ pub type StudyKey = (TenantId, Uid);
 /// No entry: the end of a study's list.
 const NONE: u32 = u32::MAX;
 
-/// A study in the window: what its last event asks for, and its list of entries.
+/// A study in the window: what its events ask for, and its list of entries.
 #[derive(Debug)]
 struct StudyWork {
-    last_kind: EventKind,
+    kind: EventKind,
     series: BTreeSet<Uid>,
     first: u32,
     last: u32,
@@ -31,8 +31,9 @@ struct StudyWork {
 pub struct Study<'a> {
     /// The tenant and the Study Instance UID.
     pub key: &'a StudyKey,
-    /// The kind of the study's last event in stream order.
-    pub last_kind: EventKind,
+    /// `Deleted` when any of its events in the window is a deletion, whatever the order:
+    /// without rows the study is removed, with rows (stored again) it is filled.
+    pub kind: EventKind,
     /// The series named by its `stored` events.
     pub series: &'a BTreeSet<Uid>,
     /// Every entry of the study, in stream order.
@@ -64,8 +65,8 @@ pub struct Window {
 }
 
 impl Window {
-    /// Parses `entry` and adds it to its study (or to the bad entries). Entries must come
-    /// in stream order: a study's last event decides between filling and removing.
+    /// Parses `entry` and adds it to its study (or to the bad entries). A deletion anywhere
+    /// in the window marks the study: the database then decides (removed without rows).
     pub fn add(&mut self, entry: StreamEntry) {
         self.entries += 1;
         let event = match event::parse(&entry.fields) {
@@ -85,7 +86,7 @@ impl Window {
             .studies
             .entry((event.tenant, event.study))
             .or_insert_with(|| StudyWork {
-                last_kind: event.kind,
+                kind: event.kind,
                 series: BTreeSet::new(),
                 first: index,
                 last: NONE,
@@ -96,7 +97,9 @@ impl Window {
         }
         work.last = index;
         work.count += 1;
-        work.last_kind = event.kind;
+        if event.kind == EventKind::Deleted {
+            work.kind = EventKind::Deleted;
+        }
         if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
             work.series.insert(series);
         }
@@ -135,7 +138,7 @@ impl Window {
             })
             .map(|(key, work)| Study {
                 key,
-                last_kind: work.last_kind,
+                kind: work.kind,
                 series: &work.series,
                 entries: self.entries_of(work),
             })
@@ -187,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn coalesces_by_study_keeping_ids_series_and_the_last_kind() {
+    fn coalesces_by_study_keeping_ids_series_and_any_deletion() {
         let mut window = Window::default();
         window.add(stored("1-0", "1.2", "1.2.1"));
         window.add(stored("1-1", "1.3", "1.3.1"));
@@ -198,20 +201,22 @@ mod tests {
             ("event", "deleted"),
         ];
         window.add(entry("3-0", &deleted, 3));
+        // A late `stored` event after the deletion does not hide it.
+        window.add(stored("3-1", "1.3", "1.3.1"));
         window.add(entry("4-0", &[("study_uid", "1.2")], 1));
-        assert_eq!(window.len(), 5);
+        assert_eq!(window.len(), 6);
         assert_eq!(window.bad().len(), 1);
         let front = window.front(10, 100);
         assert_eq!(front.len(), 2);
         let study = &front[0];
         assert_eq!((study.key.0.as_str(), study.key.1.as_str()), ("t1", "1.2"));
-        assert_eq!(study.last_kind, EventKind::Stored);
+        assert_eq!(study.kind, EventKind::Stored);
         let ids: Vec<String> = study.entries.iter().map(|e| e.id.to_string()).collect();
         assert_eq!(ids, ["1-0", "2-0"]);
         assert_eq!(study.series.len(), 2);
-        assert_eq!(front[1].last_kind, EventKind::Deleted);
+        assert_eq!(front[1].kind, EventKind::Deleted);
         let deliveries: Vec<u64> = front[1].entries.iter().map(|e| e.deliveries).collect();
-        assert_eq!(deliveries, [1, 3]);
+        assert_eq!(deliveries, [1, 3, 1]);
         assert_eq!(
             window.front(10, 2).len(),
             1,

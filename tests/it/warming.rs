@@ -222,6 +222,49 @@ async fn a_deleted_event_removes_the_study_key_and_no_older_fill_brings_it_back(
 }
 
 #[tokio::test]
+async fn a_deletion_wins_over_a_late_stored_event_in_the_same_window() {
+    let env = TestEnv::new().await;
+    let dataset = dataset(&env, 1);
+    env.load(&dataset).await;
+    env.drain().await;
+    let row = &dataset.rows[0];
+    let (t, s) = ids(&row.tenant_id, &row.study_uid);
+    assert!(env.get(&keys::study_metadata(&t, &s)).await.is_some());
+
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(t.as_str())
+        .bind(s.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete rows");
+    // The deletion, then a late `stored` event of one of its instances, read together.
+    let mut con = env.redis.clone();
+    for event in ["deleted", "stored"] {
+        let _: String = redis::cmd("XADD")
+            .arg(&env.settings.stream.key)
+            .arg("*")
+            .arg("tenant_id")
+            .arg(t.as_str())
+            .arg("study_uid")
+            .arg(s.as_str())
+            .arg("series_uid")
+            .arg(&row.series_uid)
+            .arg("event")
+            .arg(event)
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+    }
+    env.drain().await;
+    assert_eq!(
+        env.get(&keys::study_metadata(&t, &s)).await,
+        None,
+        "removed"
+    );
+    assert!(env.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
     let env = TestEnv::new().await;
     let (t, s) = ids(&format!("{}0", env.tenant_prefix), "1.2.3");
