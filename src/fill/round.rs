@@ -302,8 +302,9 @@ async fn fill_round(
                 (!missing.is_empty()).then_some(missing.as_slice())
             }
             Plan::Remove => {
-                removed_studies.push((tenant, study_uid));
-                None
+                // Acknowledged once its documents are gone too.
+                removed_studies.push(work);
+                continue;
             }
             Plan::Missing => Some(&[]),
         };
@@ -324,10 +325,14 @@ async fn fill_round(
             missing_series = missing.len(), "not in the database yet: entries stay pending");
     }
 
-    if let Some(json_root) = settings.series.json_root.as_deref() {
-        for (tenant, study_uid) in removed_studies {
-            remove_series_documents(&mut pipe, json_root, tenant, study_uid).await;
+    for work in removed_studies {
+        if let Some(json_root) = settings.series.json_root.as_deref() {
+            let (tenant, study_uid) = work.key;
+            if !remove_series_documents(&mut pipe, json_root, tenant, study_uid).await {
+                continue;
+            }
         }
+        ack_ids.extend(work.entries.iter().map(|entry| entry.id));
     }
 
     let mut con = services.redis.get().await?;
@@ -387,32 +392,33 @@ fn still_waiting(entry: &StreamEntry, missing: &[Uid]) -> Option<(String, &'stat
 }
 
 /// Removes a deleted study's series documents from disk and adds the removal of their
-/// Redis copies to `pipe`. A file that cannot be removed is logged, not retried: the server
-/// no longer lists the study, so the file is unreachable.
+/// Redis copies to `pipe` (those of the documents removed so far, even when a later one
+/// fails). Returns false when a document could not be removed: the study's entries then
+/// stay pending and the removal is tried again when they are claimed back.
 async fn remove_series_documents(
     pipe: &mut redis::Pipeline,
     json_root: &Path,
     tenant: &TenantId,
     study: &Uid,
-) {
+) -> bool {
     let (root, owned_tenant, owned_study) = (json_root.to_owned(), tenant.clone(), study.clone());
-    let removed = tokio::task::spawn_blocking(move || {
-        files::remove_study_documents(&root, &owned_tenant, &owned_study)
+    let (removed, error) = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        let result =
+            files::remove_study_documents(&root, &owned_tenant, &owned_study, &mut removed);
+        (removed, result.err())
     })
-    .await;
-    match removed {
-        Ok(Ok(series)) => {
-            for series in series {
-                pipe.cmd("DEL")
-                    .arg(keys::series_metadata(tenant, &series))
-                    .ignore();
-            }
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(%tenant, study_uid = %study, %error, "could not remove the study's series documents")
-        }
-        Err(error) => {
-            tracing::warn!(%tenant, study_uid = %study, %error, "series document removal task failed")
-        }
+    .await
+    .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()));
+    for series in removed {
+        pipe.cmd("DEL")
+            .arg(keys::series_metadata(tenant, &series))
+            .ignore();
     }
+    if let Some(error) = error {
+        tracing::warn!(%tenant, study_uid = %study, %error,
+            "could not remove the study's series documents: its entries stay pending");
+        return false;
+    }
+    true
 }

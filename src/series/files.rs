@@ -61,17 +61,18 @@ pub fn commit(temporary: &Path, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes a deleted study's series documents (every date folder of the tenant) and
-/// returns the series they were for, so their Redis copies can go too.
+/// Removes a deleted study's series documents (every date folder of the tenant) and adds
+/// the series they were for to `removed` as it goes, so that their Redis copies can go too
+/// even when a later document cannot be removed.
 pub fn remove_study_documents(
     json_root: &Path,
     tenant: &TenantId,
     study: &Uid,
-) -> std::io::Result<Vec<Uid>> {
-    let mut removed = Vec::new();
+    removed: &mut Vec<Uid>,
+) -> std::io::Result<()> {
     let dates = match std::fs::read_dir(json_root.join(tenant.as_str()).join("metadata")) {
         Ok(dates) => dates,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(error),
     };
     for date in dates {
@@ -96,5 +97,5 @@ pub fn remove_study_documents(
         // Only an empty folder goes; anything else left there is not ours to delete.
         let _ = std::fs::remove_dir(&folder);
     }
-    Ok(removed)
+    Ok(())
 }

@@ -813,3 +813,80 @@ async fn a_deleted_study_loses_its_series_documents_and_their_copies() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_deleted_event_stays_pending_until_every_document_of_the_study_is_removed() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    env.reclaim_quickly();
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the document", || async { series.document().exists() }).await;
+    let copy = keys::series_metadata(&series.tenant, &series.series);
+    wait_for("its Redis copy", || async {
+        env.get(&copy).await.is_some()
+    })
+    .await;
+    // A document path that cannot be removed (a folder stands where a file would).
+    let blocker = series
+        .document()
+        .with_file_name(format!("{}.9.json", series.series));
+    std::fs::create_dir_all(blocker.join("inside")).expect("blocker");
+
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(series.tenant.as_str())
+        .bind(series.study.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete rows");
+    let _: String = redis::cmd("XADD")
+        .arg(&env.settings.stream.key)
+        .arg("*")
+        .arg("tenant_id")
+        .arg(series.tenant.as_str())
+        .arg("study_uid")
+        .arg(series.study.as_str())
+        .arg("event")
+        .arg("deleted")
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("XADD");
+    let study_key = keys::study_metadata(&series.tenant, &series.study);
+    wait_for("the study key removed", || async {
+        env.get(&study_key).await.is_none()
+    })
+    .await;
+    // Claimed back and tried again (reclaim_quickly: after 1 s) while the blocker stays.
+    wait_for("the deleted event delivered again", || async {
+        pending_deliveries(&env).await.is_some_and(|n| n >= 2)
+    })
+    .await;
+    assert_eq!(
+        series.document().exists(),
+        env.get(&copy).await.is_some(),
+        "a removed document's Redis copy goes with it, even when another one failed"
+    );
+    std::fs::remove_dir_all(&blocker).expect("remove the blocker");
+    env.wait_until_drained().await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "the document is removed");
+    assert_eq!(env.get(&copy).await, None, "the Redis copy is removed");
+    assert!(env.dead_letters().await.is_empty());
+}
+
+/// The delivery count of the group's one pending entry, if there is one.
+async fn pending_deliveries(env: &TestEnv) -> Option<u64> {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&env.settings.stream.key)
+        .arg(&env.settings.stream.group)
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("XPENDING");
+    match pending.as_slice() {
+        [(_, _, _, deliveries)] => Some(*deliveries),
+        _ => None,
+    }
+}
