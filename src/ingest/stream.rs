@@ -146,24 +146,28 @@ pub async fn claim_idle<C: ConnectionLike>(
         .query_async(con)
         .await?;
     let mut claimed = parse_autoclaim_reply(reply)?;
-    if let (Some(first), Some(last)) = (claimed.entries.first(), claimed.entries.last()) {
-        let counts: Value = redis::cmd("XPENDING")
+    if claimed.entries.is_empty() {
+        return Ok(claimed);
+    }
+    // One XPENDING per id: a range would also return this consumer's other pending
+    // entries between the first and the last, and cut off some of the claimed ones.
+    let mut pipe = redis::pipe();
+    for entry in &claimed.entries {
+        pipe.cmd("XPENDING")
             .arg(&settings.key)
             .arg(&settings.group)
-            .arg(first.id)
-            .arg(last.id)
-            .arg(claimed.entries.len())
-            .arg(&settings.consumer)
-            .query_async(con)
-            .await?;
-        let counts = parse_pending_counts(counts)?;
-        for entry in &mut claimed.entries {
-            // An entry acknowledged meanwhile is missing here: count it as claimed once more.
-            entry.deliveries = counts
-                .get(&entry.id)
-                .copied()
-                .unwrap_or(entry.deliveries + 1);
-        }
+            .arg(entry.id)
+            .arg(entry.id)
+            .arg(1)
+            .arg(&settings.consumer);
+    }
+    let replies: Vec<Value> = pipe.query_async(con).await?;
+    for (entry, reply) in claimed.entries.iter_mut().zip(replies) {
+        // An entry acknowledged meanwhile is missing here: count it as claimed once more.
+        entry.deliveries = parse_pending_counts(reply)?
+            .get(&entry.id)
+            .copied()
+            .unwrap_or(entry.deliveries + 1);
     }
     Ok(claimed)
 }

@@ -396,3 +396,84 @@ async fn only_the_events_of_a_series_that_never_appears_are_dead_lettered() {
         );
     }
 }
+
+#[tokio::test]
+async fn delivery_counts_are_exact_when_the_consumer_owns_other_entries_in_the_range() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    env.settings.stream.max_deliveries = 5;
+    let stream = env.settings.stream.clone();
+    let mut con = env.redis.clone();
+    ensure_group(&mut con, &stream).await.expect("group");
+    let tenant = format!("{}0", env.tenant_prefix);
+    // Three entries whose study never appears: the outer two already delivered 4 times and
+    // idle, the middle one just delivered to the same consumer (not idle).
+    let mut ids = Vec::new();
+    for study in ["1.2.3.901", "1.2.3.902", "1.2.3.903"] {
+        let id: String = redis::cmd("XADD")
+            .arg(&stream.key)
+            .arg("*")
+            .arg("tenant_id")
+            .arg(&tenant)
+            .arg("study_uid")
+            .arg(study)
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+        ids.push(id);
+    }
+    let mut reader = stream.clone();
+    reader.batch_size = 10;
+    assert_eq!(
+        read_new(&mut con, &reader, false)
+            .await
+            .expect("read")
+            .len(),
+        3
+    );
+    for (id, idle_ms, retries) in [
+        (&ids[0], 100_000, 4),
+        (&ids[2], 100_000, 4),
+        (&ids[1], 0, 1),
+    ] {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream.key)
+            .arg(&stream.group)
+            .arg(&stream.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg("RETRYCOUNT")
+            .arg(retries)
+            .arg("JUSTID")
+            .query_async(&mut con)
+            .await
+            .expect("XCLAIM");
+    }
+
+    let daemon = env.start_daemon();
+    // Claimed once more, the outer two reach max_deliveries: dead-lettered at once, with
+    // their exact count (the middle one, in the range, must not hide either of them).
+    wait_for("the outer entries dead-lettered", || async {
+        env.dead_letters().await.len() >= 2
+    })
+    .await;
+    daemon.stop().await;
+    let dead = env.dead_letters().await;
+    for id in [&ids[0], &ids[2]] {
+        let letter = dead
+            .iter()
+            .find(|fields| {
+                fields
+                    .iter()
+                    .any(|(k, v)| k == "dead_source_id" && v == id.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("{id} dead-lettered: {dead:?}"));
+        let deliveries = letter
+            .iter()
+            .find(|(k, _)| k == "dead_deliveries")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(deliveries.as_deref(), Some("5"), "{id}");
+    }
+}
