@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::db;
 use crate::ingest::stream;
 use crate::observe::health::{Health, Service};
 use crate::observe::metrics;
@@ -33,7 +34,7 @@ pub async fn run(
             () = cancel.cancelled() => break,
         }
         probe_redis(&settings, &health, &redis).await;
-        match sqlx::query("SELECT 1").execute(&db).await {
+        match db::bounded(&settings.database, sqlx::query("SELECT 1").execute(&db)).await {
             Ok(_) => health.up(Service::Database),
             Err(error) => health.down(Service::Database, &error),
         }

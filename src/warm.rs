@@ -140,7 +140,7 @@ pub async fn run(
     };
     let mut summary = WarmSummary {
         selected: u64::try_from(
-            query::count_studies(&db, &filter)
+            db::bounded(&settings.database, query::count_studies(&db, &filter))
                 .await
                 .context("count the studies")?,
         )
@@ -161,7 +161,8 @@ pub async fn run(
             summary.interrupted = true;
             break;
         }
-        let page = query::list_studies(&db, &filter, &after, args.page_size as usize)
+        let page = query::list_studies(&db, &filter, &after, args.page_size as usize);
+        let page = db::bounded(&settings.database, page)
             .await
             .context("list the studies")?;
         let Some(last) = page.last() else { break };

@@ -115,6 +115,12 @@ impl DatabaseSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+
+    /// The client-side deadline of one query: a connection, the statement timeout, and a
+    /// second for the answer to travel.
+    pub fn query_deadline(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms + self.statement_timeout_ms + 1_000)
+    }
 }
 
 /// `[stream]`

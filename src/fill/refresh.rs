@@ -9,6 +9,7 @@ use redis::{Pipeline, RedisResult, Value};
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::db;
 use crate::fill::{cache, query, study};
 use crate::ids::{TenantId, Uid};
 use crate::ingest::event::EventKind;
@@ -60,7 +61,7 @@ pub async fn plan(
     }
     let keys: Vec<(&TenantId, &Uid)> = studies.iter().map(|(t, s, _, _)| (*t, *s)).collect();
     let started = Instant::now();
-    let snapshot = query::fetch_studies(db, &keys).await?;
+    let snapshot = db::bounded(&settings.database, query::fetch_studies(db, &keys)).await?;
     metrics::db_query(started.elapsed());
     let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
         study::by_study(&snapshot.rows)

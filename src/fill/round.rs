@@ -94,17 +94,18 @@ impl AddAssign for BatchReport {
     }
 }
 
-/// An infrastructure fault: the batch is left pending and retried.
+/// An infrastructure fault: the batch is left pending and retried. Its text leaves the
+/// service to [`BatchError::service`].
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// Redis failed or timed out.
-    #[error("redis: {0}")]
+    #[error("{0}")]
     Redis(#[from] RedisError),
     /// No pooled Redis connection could be had in time.
-    #[error("redis pool: {0}")]
+    #[error("no pooled connection: {0}")]
     RedisPool(#[from] deadpool_redis::PoolError),
     /// PostgreSQL failed or timed out.
-    #[error("postgres: {0}")]
+    #[error("{0}")]
     Database(#[from] sqlx::Error),
 }
 

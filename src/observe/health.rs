@@ -155,20 +155,11 @@ impl Health {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Both services answered their last call, the group exists, the work in hand is not
-    /// failing, entries are being done while some wait (within `stall_after`), and the
+    /// No step of the work is failing, both services answered their last call, the group
+    /// exists, entries are being done while some wait (within `stall_after`), and the
     /// daemon is not stopping; otherwise why not.
     pub fn readiness(&self, stall_after: Duration) -> Result<(), String> {
-        for service in Service::ALL {
-            match self.state(service).load(Ordering::Relaxed) {
-                UP => {}
-                DOWN => return Err(format!("{service} unreachable")),
-                _ => return Err(format!("{service} not reached yet")),
-            }
-        }
-        if !self.group_ready.load(Ordering::Relaxed) {
-            return Err("consumer group not created yet".into());
-        }
+        // The most precise reason first: what the work itself met.
         if let Some(fault) = self
             .work_faults
             .lock()
@@ -178,6 +169,16 @@ impl Health {
             .next()
         {
             return Err(format!("the work in hand fails: {fault}"));
+        }
+        for service in Service::ALL {
+            match self.state(service).load(Ordering::Relaxed) {
+                UP => {}
+                DOWN => return Err(format!("{service} unreachable")),
+                _ => return Err(format!("{service} not reached yet")),
+            }
+        }
+        if !self.group_ready.load(Ordering::Relaxed) {
+            return Err("consumer group not created yet".into());
         }
         if self.is_stalled(stall_after) {
             return Err(format!(

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::db;
 use crate::ids::Uid;
 use crate::keys;
 use crate::observe::{metrics, telemetry};
@@ -246,8 +247,11 @@ impl Builder {
         lease: i64,
         lock: &SeriesLock,
     ) -> Result<BuildOutcome, BuildError> {
-        let Some(row) =
-            rows::series_row(&self.db, &series.tenant, &series.study, &series.series).await?
+        let Some(row) = db::bounded(
+            &self.settings.database,
+            rows::series_row(&self.db, &series.tenant, &series.study, &series.series),
+        )
+        .await?
         else {
             return Ok(BuildOutcome::Gone);
         };
@@ -337,8 +341,11 @@ impl Builder {
         series: &SeriesRef,
         folder: &Path,
     ) -> Result<Result<Vec<PathBuf>, BuildFailure>, BuildError> {
-        let sops =
-            rows::series_instances(&self.db, &series.tenant, &series.study, &series.series).await?;
+        let sops = db::bounded(
+            &self.settings.database,
+            rows::series_instances(&self.db, &series.tenant, &series.study, &series.series),
+        )
+        .await?;
         if !sops.is_empty() {
             let mut files = Vec::with_capacity(sops.len());
             for sop in sops {
@@ -422,15 +429,15 @@ impl Builder {
         status: JsonStatus,
     ) -> Result<(), BuildError> {
         if self.settings.series.record_status {
-            rows::record_json_status(
+            let record = rows::record_json_status(
                 &self.db,
                 &series.tenant,
                 &series.study,
                 &series.series,
                 row,
                 status,
-            )
-            .await?;
+            );
+            db::bounded(&self.settings.database, record).await?;
         }
         Ok(())
     }

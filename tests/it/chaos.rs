@@ -463,3 +463,84 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
     }
     .report_and_check();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang() {
+    let env = TestEnv::new().await;
+    let proxy = CuttableProxy::start(database_address(&env.settings)).await;
+    let http_port = endpoint::free_port();
+    let vars = [
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, proxy.port),
+        ),
+        ("DCW__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "3000".to_owned()),
+        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
+    ];
+    let replica = Replica::start(&env, &vars).await;
+    let status = |path: &'static str| async move {
+        endpoint::get(http_port, path)
+            .await
+            .map(|(status, _)| status)
+    };
+    wait_for("readiness before the black hole", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+
+    // A query in flight (held by a lock), then packets dropped with the connections left
+    // open: the answer never comes back, only the daemon's own deadline ends the query.
+    let dataset = dataset(&env, 3, 15);
+    dataset.insert(&env.db).await.expect("insert rows");
+    let mut lock = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    dataset
+        .publish(&mut env.redis.clone(), &env.settings.stream.key)
+        .await
+        .expect("publish");
+    wait_for("the daemon's study query to wait for the lock", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&env.db)
+        .await
+        .expect("pg_stat_activity")
+            > 0
+    })
+    .await;
+    proxy.freeze();
+    lock.rollback().await.expect("release the lock");
+    wait_for("the lost query to fail the work, not hang it", || async {
+        endpoint::get(http_port, "/readyz")
+            .await
+            .is_some_and(|(s, body)| s == 503 && body.contains("the work in hand fails: postgres"))
+    })
+    .await;
+    assert_eq!(status("/healthz").await, Some(200), "the loop is not stuck");
+    assert!(
+        !env.backlog().await.is_drained(),
+        "nothing acknowledged without the rows"
+    );
+
+    proxy.restore();
+    env.wait_until_drained().await;
+    wait_for("readiness again", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+    replica.stop().await;
+    let cache = check_cache(&env.redis, &dataset.rows).await;
+    assert_eq!(
+        (cache.correct, cache.wrong.len()),
+        (cache.expected, 0),
+        "{:?}",
+        cache.wrong
+    );
+}

@@ -517,12 +517,25 @@ impl PrivateRedis {
     }
 }
 
+/// How a [`CuttableProxy`] treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Forwarding.
+    Up,
+    /// Live connections reset, new ones blackholed.
+    Cut,
+    /// Nothing forwarded any more, nothing closed: live and new connections hang, as
+    /// behind a firewall that drops packets.
+    Frozen,
+}
+
 /// A TCP proxy to `upstream` with a switch: cut, it resets every live connection and
-/// blackholes new ones (accepted, never answered) until restored. Stops when dropped.
+/// blackholes new ones (accepted, never answered) until restored; frozen, it stops
+/// forwarding on every connection without closing any. Stops when dropped.
 pub struct CuttableProxy {
     /// The port it listens on.
     pub port: u16,
-    up: watch::Sender<bool>,
+    link: watch::Sender<Link>,
     task: JoinHandle<()>,
 }
 
@@ -531,7 +544,7 @@ impl CuttableProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy address").port();
-        let (up, watch_up) = watch::channel(true);
+        let (link, watch_link) = watch::channel(Link::Up);
         let task = tokio::spawn(async move {
             // Dropped with the accept loop: every connection task ends with it.
             let mut connections = JoinSet::new();
@@ -539,21 +552,26 @@ impl CuttableProxy {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                connections.spawn(forward(client, upstream, watch_up.clone()));
+                connections.spawn(forward(client, upstream, watch_link.clone()));
                 while connections.try_join_next().is_some() {}
             }
         });
-        Self { port, up, task }
+        Self { port, link, task }
     }
 
     /// Resets every connection and blackholes new ones.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.link.send_replace(Link::Cut);
     }
 
-    /// Forwards again (connections blackholed meanwhile are closed).
+    /// Stops forwarding without closing anything (a black hole).
+    pub fn freeze(&self) {
+        self.link.send_replace(Link::Frozen);
+    }
+
+    /// Forwards again (connections blackholed or frozen meanwhile are reset).
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.link.send_replace(Link::Up);
     }
 }
 
@@ -563,10 +581,11 @@ impl Drop for CuttableProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut up: watch::Receiver<bool>) {
-    if !*up.borrow_and_update() {
-        // Blackholed: held without a byte read or written until the cut ends.
-        let _ = up.wait_for(|up| *up).await;
+async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link: watch::Receiver<Link>) {
+    if *link.borrow_and_update() != Link::Up {
+        // Blackholed: held without a byte read or written until the link is up again.
+        let _ = client.set_zero_linger();
+        let _ = link.wait_for(|link| *link == Link::Up).await;
         return;
     }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
@@ -575,13 +594,16 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut up: watch::Rec
     // As a router would: no delay of its own added to small packets.
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = up.wait_for(|up| !*up) => {
-            // A reset, as a broken network would give, rather than a polite close.
-            let _ = client.set_zero_linger();
-            let _ = server.set_zero_linger();
-        }
+    let changed = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+        changed = link.wait_for(|link| *link != Link::Up) => changed.map(|link| *link),
+    };
+    // A reset, as a broken network would give, rather than a polite close.
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
+    if changed.is_ok_and(|link| link == Link::Frozen) {
+        // Held open, silent, until the link changes again.
+        let _ = link.wait_for(|link| *link != Link::Frozen).await;
     }
 }
 
