@@ -33,7 +33,7 @@ use crate::chaos_support::PrivateRedis;
 use crate::helpers::{TestEnv, wait_for};
 
 /// A key set as a provider might format it: the bytes must arrive exactly as sent.
-const KEY_SET: &str = "{ \"keys\": [\n  {\"kid\": \"rsa-2024\", \"kty\": \"RSA\", \"use\": \"sig\", \
+pub(crate) const KEY_SET: &str = "{ \"keys\": [\n  {\"kid\": \"rsa-2024\", \"kty\": \"RSA\", \"use\": \"sig\", \
      \"alg\": \"RS256\", \"n\": \"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAt\", \
      \"e\": \"AQAB\"},\n  {\"kid\": \"ec-caf\\u00e9\", \"kty\": \"EC\", \"crv\": \"P-256\", \
      \"x\": \"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU\", \
@@ -44,7 +44,7 @@ const ROTATED_KEY_SET: &str =
 
 /// What the provider answers on `/jwks`.
 #[derive(Clone)]
-enum Reply {
+pub(crate) enum Reply {
     /// 200 with a Content-Length.
     Document(Vec<u8>),
     /// 200 without a Content-Length: the body ends when the connection closes.
@@ -56,7 +56,7 @@ enum Reply {
 }
 
 /// A local HTTPS identity provider; `/moved` redirects to `/jwks`, `/loop` to itself.
-struct TestIdp {
+pub(crate) struct TestIdp {
     port: u16,
     ca_file: tempfile::NamedTempFile,
     reply: Arc<Mutex<Reply>>,
@@ -66,7 +66,7 @@ struct TestIdp {
 
 impl TestIdp {
     /// Starts it with a certificate for `names`, signed by a CA made for this test.
-    async fn start(names: &[&str]) -> Self {
+    pub(crate) async fn start(names: &[&str]) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -121,7 +121,7 @@ impl TestIdp {
         }
     }
 
-    fn reply_with(&self, reply: Reply) {
+    pub(crate) fn reply_with(&self, reply: Reply) {
         *self.reply.lock().expect("reply") = reply;
     }
 
@@ -130,7 +130,7 @@ impl TestIdp {
     }
 
     /// Settings for `path` on this provider, trusting its CA or not.
-    fn settings(&self, path: &str, trust_ca: bool) -> JwksSettings {
+    pub(crate) fn settings(&self, path: &str, trust_ca: bool) -> JwksSettings {
         JwksSettings {
             url: Some(ServiceUrl::from(
                 format!("https://127.0.0.1:{}{path}", self.port).as_str(),
@@ -226,7 +226,8 @@ fn test_key(env: &TestEnv) -> String {
     format!("jwks:{}", env.tenant_prefix)
 }
 
-async fn get_bytes(con: &MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+/// The value of `key`, as bytes.
+pub(crate) async fn get_bytes(con: &MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
     let mut con = con.clone();
     redis::cmd("GET")
         .arg(key)
@@ -235,7 +236,8 @@ async fn get_bytes(con: &MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
         .expect("GET")
 }
 
-async fn ttl(con: &MultiplexedConnection, key: &str) -> i64 {
+/// The TTL of `key` in seconds (negative without one, as Redis answers).
+pub(crate) async fn ttl(con: &MultiplexedConnection, key: &str) -> i64 {
     let mut con = con.clone();
     redis::cmd("TTL")
         .arg(key)
@@ -244,7 +246,8 @@ async fn ttl(con: &MultiplexedConnection, key: &str) -> i64 {
         .expect("TTL")
 }
 
-async fn expire(con: &MultiplexedConnection, key: &str, secs: u64) {
+/// Sets the TTL of `key`, which must exist.
+pub(crate) async fn expire(con: &MultiplexedConnection, key: &str, secs: u64) {
     let mut con = con.clone();
     let set: i64 = redis::cmd("EXPIRE")
         .arg(key)
@@ -255,7 +258,8 @@ async fn expire(con: &MultiplexedConnection, key: &str, secs: u64) {
     assert_eq!(set, 1, "{key} exists");
 }
 
-async fn refresh(refresher: &Refresher) -> Outcome {
+/// One refresh, whose Redis calls must succeed.
+pub(crate) async fn refresh(refresher: &Refresher) -> Outcome {
     refresher.refresh_once().await.expect("Redis answers")
 }
 

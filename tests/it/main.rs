@@ -1,5 +1,6 @@
 //! Integration tests against real Redis and PostgreSQL, one module per feature.
 
+mod acl;
 mod bad_input;
 mod chaos;
 mod chaos_support;

@@ -13,13 +13,9 @@ use dicom_cache_warmer::{RedisSettings, ServiceUrl, backlog, blocking_connection
 use redis::aio::MultiplexedConnection;
 use tokio::process::{Child, Command};
 
+use crate::acl::{ACL_USER, AclRule, use_readme_stream_names};
 use crate::chaos_support::free_port;
 use crate::helpers::{DEADLINE, TestEnv, TestRole, wait_for};
-
-/// The README's Redis ACL rule, with the test's own stream prefix.
-const ACL_RULE: &str = "on >warmer-secret ~wado:* ~db:* ~dcw:* ~it:* ~jwksurl:* resetchannels -@all \
-    +ping +info +xreadgroup +xack +xadd +xautoclaim +xpending +xgroup +xinfo +xlen \
-    +eval +get +set +del +exists +pexpire +hget +hset +hdel +zadd +zrangebyscore +zscore +zrem +time";
 
 /// Runs `openssl` with `args` in `dir`; panics when it fails.
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -96,12 +92,12 @@ pub fn make_certificates(dir: &Path) {
     );
 }
 
-/// A redis-server of the test's own that speaks only TLS, with an admin and the limited user.
+/// A redis-server of the test's own that speaks only TLS, with an admin user.
 async fn start_tls_redis(dir: &Path, port: u16) -> Child {
     let conf = format!(
         "port 0\ntls-port {port}\nbind 127.0.0.1\ntls-cert-file {d}/server.crt\ntls-key-file {d}/server.key\n\
          tls-ca-cert-file {d}/ca.crt\ntls-auth-clients no\nsave \"\"\nappendonly no\ndir {d}\n\
-         user default on >admin-secret ~* &* +@all\nuser warmer {ACL_RULE}\n",
+         user default on >admin-secret ~* &* +@all\n",
         d = dir.display()
     );
     std::fs::write(dir.join("redis.conf"), conf).expect("write redis.conf");
@@ -158,12 +154,18 @@ pub async fn run_binary(
 
 #[tokio::test]
 async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_database_role() {
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // The stream under a name the README's rule covers.
+    use_readme_stream_names(&mut env);
     let dir = tempfile::tempdir().expect("temp dir");
     make_certificates(dir.path());
     let port = free_port();
     let _redis = start_tls_redis(dir.path(), port).await;
     let mut admin = admin_connection(dir.path(), port).await;
+    // A user with exactly the README's rule.
+    AclRule::from_readme()
+        .apply(&mut admin, "warmer-secret")
+        .await;
 
     // A role with exactly the README's grants.
     let role = TestRole::create(
@@ -190,7 +192,7 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
     let vars = vec![
         (
             "DCW__REDIS__URL",
-            format!("rediss://warmer@127.0.0.1:{port}"),
+            format!("rediss://{ACL_USER}@127.0.0.1:{port}"),
         ),
         ("DCW__REDIS__PASSWORD", "warmer-secret".to_owned()),
         (

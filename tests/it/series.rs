@@ -17,12 +17,12 @@ use dicom_object::InMemDicomObject;
 use crate::helpers::{TestEnv, wait_for};
 
 /// One series on disk and in the database.
-struct SeriesFixture {
-    tenant: TenantId,
-    study: Uid,
-    series: Uid,
+pub(crate) struct SeriesFixture {
+    pub(crate) tenant: TenantId,
+    pub(crate) study: Uid,
+    pub(crate) series: Uid,
     date: String,
-    sops: Vec<String>,
+    pub(crate) sops: Vec<String>,
     _roots: tempfile::TempDir,
     json_root: PathBuf,
 }
@@ -30,7 +30,7 @@ struct SeriesFixture {
 impl SeriesFixture {
     /// Writes `instances` CT files (instance numbers shuffled) and their rows, and turns
     /// series documents on in `env`'s settings.
-    async fn new(env: &mut TestEnv, instances: usize) -> Self {
+    pub(crate) async fn new(env: &mut TestEnv, instances: usize) -> Self {
         let tenant_prefix = env.tenant_prefix.clone();
         Self::with_tenant_prefix(env, instances, tenant_prefix).await
     }
@@ -109,7 +109,7 @@ impl SeriesFixture {
         }
     }
 
-    fn document(&self) -> PathBuf {
+    pub(crate) fn document(&self) -> PathBuf {
         document_path(
             &self.json_root,
             &self.tenant,
@@ -120,7 +120,7 @@ impl SeriesFixture {
     }
 
     /// Publishes one stored event per instance.
-    async fn publish(&self, env: &TestEnv, sops: &[String]) {
+    pub(crate) async fn publish(&self, env: &TestEnv, sops: &[String]) {
         let mut con = env.redis.clone();
         let mut pipe = redis::pipe();
         for sop in sops {
