@@ -92,7 +92,7 @@ async fn run_until(
         services.redis.clone(),
     )
     .map(|builder| tokio::spawn(builder.run(cancel.clone())));
-    let jwks = jwks.map(|refresher| tokio::spawn(refresher.run(cancel.clone())));
+    let jwks = jwks.map(|refresher| tokio::spawn(refresher.run(health.clone(), cancel.clone())));
     consumer::run(&services, &settings, &health, &cancel, until).await;
     // Drained: the side tasks stop as they would on a signal.
     cancel.cancel();

@@ -3,6 +3,7 @@
 //! extended before it expires.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,6 +13,7 @@ use crate::config::JwksSettings;
 use crate::jwks::check::{InvalidKeySet, KeySummary};
 use crate::jwks::fetch::{FetchError, Fetcher};
 use crate::keys;
+use crate::observe::health::Health;
 use crate::observe::metrics::{self, Counter};
 
 /// The first retry after a failed refresh; retries double up to the refresh period.
@@ -156,6 +158,7 @@ impl Refresher {
                     .await?;
                 metrics::add(Counter::JwksRefreshes, 1);
                 metrics::jwks_age(Duration::ZERO);
+                metrics::jwks_cached(true);
                 let shown = &summary.kids[..summary.kids.len().min(KIDS_LOGGED)];
                 tracing::info!(
                     host,
@@ -186,6 +189,7 @@ impl Refresher {
                     },
                 };
                 let age_secs = u64::try_from(age).ok();
+                metrics::jwks_cached(cached != Cached::Missing);
                 self.report_failure(&error, cached, age_secs);
                 Ok(Outcome::Kept {
                     error,
@@ -251,19 +255,32 @@ impl Refresher {
 
     /// Refreshes at once, then every `jwks.refresh_secs` (shortened by up to a tenth at
     /// random), sooner after a failure, until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Readiness (in `health`) fails while no key set is cached, since the server then
+    /// refuses every token.
+    pub async fn run(self, health: Arc<Health>, cancel: CancellationToken) {
         tracing::info!(
             host = self.fetcher.host(),
             refresh_secs = self.period.as_secs(),
             ttl_secs = self.ttl_secs,
             "keeping the identity provider's key set warm"
         );
-        run_on_schedule(self.period, &cancel, || self.refresh_succeeds()).await;
+        health.set_key_set_cached(false);
+        metrics::jwks_cached(false);
+        run_on_schedule(self.period, &cancel, || self.refresh_succeeds(&health)).await;
     }
 
-    async fn refresh_succeeds(&self) -> bool {
+    async fn refresh_succeeds(&self, health: &Health) -> bool {
         match self.refresh_once().await {
-            Ok(outcome) => matches!(outcome, Outcome::Written(_)),
+            Ok(outcome) => {
+                health.set_key_set_cached(!matches!(
+                    outcome,
+                    Outcome::Kept {
+                        cached: Cached::Missing,
+                        ..
+                    }
+                ));
+                matches!(outcome, Outcome::Written(_))
+            }
             Err(error) => {
                 metrics::jwks_refresh_failed("redis");
                 tracing::warn!(

@@ -70,6 +70,8 @@ pub struct Health {
     waiting: AtomicBool,
     /// Why each step failed last, until it succeeds.
     work_faults: Mutex<[Option<String>; 3]>,
+    /// Whether the identity provider's key set is cached; `None` with JWKS off.
+    key_set: Mutex<Option<bool>>,
 }
 
 impl Default for Health {
@@ -84,6 +86,7 @@ impl Default for Health {
             last_done_ms: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
             work_faults: Mutex::default(),
+            key_set: Mutex::new(None),
         }
     }
 }
@@ -121,6 +124,11 @@ impl Health {
     /// True when entries wait and none was acknowledged or dead-lettered for `after`.
     pub fn is_stalled(&self, after: Duration) -> bool {
         self.waiting.load(Ordering::Relaxed) && self.since(&self.last_done_ms) > after
+    }
+
+    /// Records whether the identity provider's key set is cached (JWKS on).
+    pub fn set_key_set_cached(&self, cached: bool) {
+        *self.key_set.lock().expect("health lock") = Some(cached);
     }
 
     /// Records a failed step of the work (it is retried with backoff); logs when the step
@@ -179,6 +187,11 @@ impl Health {
         }
         if !self.group_ready.load(Ordering::Relaxed) {
             return Err("consumer group not created yet".into());
+        }
+        if *self.key_set.lock().expect("health lock") == Some(false) {
+            return Err(
+                "no identity provider key set cached: the server refuses every token".into(),
+            );
         }
         if self.is_stalled(stall_after) {
             return Err(format!(
@@ -257,6 +270,13 @@ mod tests {
         );
         health.work_ok(Step::Process);
         assert_eq!(health.readiness(STALL), Ok(()));
+        health.set_key_set_cached(false);
+        assert!(
+            health
+                .readiness(STALL)
+                .is_err_and(|r| r.contains("key set"))
+        );
+        health.set_key_set_cached(true);
         health.set_stopping();
         assert_eq!(health.readiness(STALL), Err("stopping".into()));
     }

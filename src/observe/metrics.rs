@@ -295,6 +295,11 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Seconds,
         "Time since the cached key set was fetched, as of the last refresh attempt"
     );
+    describe_gauge!(
+        "dcw_jwks_cached",
+        Unit::Count,
+        "1 while the identity provider's key set is cached (the server refuses every token without it); only with JWKS on"
+    );
     describe_histogram!(
         "dcw_batch_entries",
         Unit::Count,
@@ -384,6 +389,11 @@ pub fn progress_stalled(stalled: bool) {
 /// Counts a failed key set refresh for `reason` (a short, bounded name).
 pub fn jwks_refresh_failed(reason: &'static str) {
     counter!("dcw_jwks_refresh_failures_total", "reason" => reason).increment(1);
+}
+
+/// Sets whether a key set is cached (only exported with JWKS on).
+pub fn jwks_cached(cached: bool) {
+    gauge!("dcw_jwks_cached").set(if cached { 1.0 } else { 0.0 });
 }
 
 /// Sets the age of the cached key set.

@@ -577,3 +577,78 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(idp.hits(), stopped, "no refresh after the daemon stopped");
 }
+
+#[tokio::test]
+async fn readiness_fails_while_no_key_set_is_cached_and_says_why() {
+    let env = TestEnv::new().await;
+    // The production key name, on a Redis of the test's own.
+    let redis = PrivateRedis::start().await;
+    let idp = TestIdp::start(&["127.0.0.1"]).await;
+    idp.reply_with(Reply::Status(503));
+    let settings = idp.settings("/jwks", true);
+    let port = crate::endpoint::free_port();
+    let vars = [
+        ("DCW__REDIS__URL", redis.url()),
+        (
+            "DCW__JWKS__URL",
+            settings.url.as_ref().expect("url").expose().to_owned(),
+        ),
+        (
+            "DCW__JWKS__CA_FILE",
+            idp.ca_file.path().display().to_string(),
+        ),
+        ("DCW__JWKS__REFRESH_SECS", "1".to_owned()),
+        ("DCW__JWKS__TIMEOUT_MS", "500".to_owned()),
+        ("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+    ];
+    let replica = crate::chaos_support::Replica::start(&env, &vars).await;
+    let get = |path: &'static str| crate::endpoint::get(port, path);
+    wait_for("readiness to name the missing key set", || async {
+        get("/readyz")
+            .await
+            .is_some_and(|(status, body)| status == 503 && body.contains("key set"))
+    })
+    .await;
+    let (_, metrics) = get("/metrics").await.expect("metrics");
+    assert!(metrics.contains("dcw_jwks_cached 0"), "{metrics}");
+
+    idp.reply_with(Reply::Document(KEY_SET.into()));
+    wait_for("readiness once the key set is cached", || async {
+        get("/readyz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let (_, metrics) = get("/metrics").await.expect("metrics");
+    assert!(metrics.contains("dcw_jwks_cached 1"), "{metrics}");
+    // Every metric the dashboard and the alert rules use is exported (the stream gauges
+    // follow the first probe that finds the group).
+    wait_for("the stream gauges", || async {
+        get("/metrics")
+            .await
+            .is_some_and(|(_, m)| m.contains("dcw_stream_lag "))
+    })
+    .await;
+    let (_, metrics) = get("/metrics").await.expect("metrics");
+    let exported = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(exported.path(), &metrics).expect("write the metrics");
+    let checked = tokio::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-dashboard.py"))
+        .arg(exported.path())
+        .output()
+        .await
+        .expect("run check-dashboard.py");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert_eq!(
+        get_bytes(&redis.connection().await, JWKS_KEY)
+            .await
+            .as_deref(),
+        Some(KEY_SET.as_bytes())
+    );
+    replica.stop().await;
+}
