@@ -1,4 +1,4 @@
 //! DICOM JSON (PS3.18 F.2) from Part 10 files, converted while they are read.
 
-pub mod json;
+pub mod document;
 pub mod part10;

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::series::convert::json::{self, DocumentOptions, InstanceJson, SeriesJsonError};
+use crate::series::convert::document::{self, DocumentOptions, InstanceJson, SeriesJsonError};
 
 /// Why an instance file could not be converted.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub fn read_instance(
             source,
         },
     })?;
-    json::instance_json(BufReader::new(file), study_uid, series_uid, opts)
+    document::instance_json(BufReader::new(file), study_uid, series_uid, opts)
         .map_err(|e| classify(path, e))
 }
 
