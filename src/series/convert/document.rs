@@ -31,14 +31,14 @@ use dicom_core::dictionary::{DataDictionary as _, VirtualVr};
 use dicom_core::header::DataElementHeader;
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
+use dicom_encoding::TransferSyntax;
 use dicom_encoding::text::{DecodeTextError, SpecificCharacterSet, TextCodec as _};
 use dicom_encoding::transfer_syntax::{Codec, Endianness};
-use dicom_encoding::{TransferSyntax, TransferSyntaxIndex as _};
 use dicom_parser::DynStatefulDecoder;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+use super::part10;
 
 // 1 KiB keeps the small vendor blobs (a few bytes to a few hundred) inline, so a viewer
 // needs no extra round trip for them, while every multi-KB value (Siemens CSA headers of
@@ -147,26 +147,14 @@ impl InstanceJson {
 /// Reads a Part-10 stream (128-byte preamble optional, then `DICM` and the file meta group)
 /// up to its pixel data and converts the data set to its DICOM JSON object.
 pub fn instance_json<R: BufRead>(
-    mut source: R,
+    source: R,
     study_uid: &str,
     series_uid: &str,
     opts: &DocumentOptions,
 ) -> Result<InstanceJson, SeriesJsonError> {
     check_uid("Study Instance UID", study_uid)?;
     check_uid("Series Instance UID", series_uid)?;
-    skip_preamble(&mut source).map_err(SeriesJsonError::Header)?;
-    let ts_uid = read_transfer_syntax(&mut source)?;
-    let ts_uid = ts_uid.as_str();
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .filter(|ts| matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..)))
-        .ok_or_else(|| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
-    // Positions count from here: the decoder only compares them, so no seeking is needed
-    // and a pipe reads as well as a file.
-    let decoder = DynStatefulDecoder::new_with(source, ts, SpecificCharacterSet::default(), 0)
-        .map_err(|_| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
-    let mut reader = LazyDataSetReader::new(decoder);
-
+    let (mut reader, ts) = part10::data_set_reader(source)?;
     let mut writer = Writer::new(ts, opts.bulkdata_base_url.is_some());
     writer.data_set(&mut reader)?;
     let top = writer.top;
@@ -217,64 +205,6 @@ pub fn series_document(mut instances: Vec<InstanceJson>) -> Vec<u8> {
     out
 }
 
-/// Skips the 128-byte preamble unless the stream starts with `DICM` (as dicom-object does).
-fn skip_preamble(source: &mut impl BufRead) -> std::io::Result<()> {
-    if !source.fill_buf()?.starts_with(b"DICM") {
-        source.read_exact(&mut [0; 128])?;
-    }
-    Ok(())
-}
-
-/// Reads the file meta group for its Transfer Syntax UID (0002,0010): `DICM`, then the group
-/// length (0002,0000) that PS3.10 7.1 puts first, then the group's elements, parsed by
-/// dicom-parser as explicit VR little endian.
-fn read_transfer_syntax(source: &mut impl BufRead) -> Result<String, SeriesJsonError> {
-    const GROUP_LENGTH: [u8; 8] = [2, 0, 0, 0, b'U', b'L', 4, 0];
-    let mut head = [0; 16];
-    source
-        .read_exact(&mut head)
-        .map_err(SeriesJsonError::Header)?;
-    if &head[..4] != b"DICM" {
-        return Err(SeriesJsonError::Meta("does not start with DICM"));
-    }
-    if head[4..12] != GROUP_LENGTH {
-        return Err(SeriesJsonError::Meta(
-            "does not start with its group length",
-        ));
-    }
-    let length = u32::from_le_bytes(head[12..].try_into().expect("4 bytes"));
-    // Read whole, so that parsing can stop at the transfer syntax.
-    let mut group = Vec::with_capacity(256);
-    source
-        .take(u64::from(length))
-        .read_to_end(&mut group)
-        .map_err(SeriesJsonError::Header)?;
-    let explicit_le = EXPLICIT_VR_LITTLE_ENDIAN.erased();
-    let decoder = DynStatefulDecoder::new_with(&group[..], &explicit_le, Default::default(), 0)
-        .map_err(|_| SeriesJsonError::Meta("cannot be decoded"))?;
-    let mut reader = LazyDataSetReader::new(decoder);
-    let mut uid = Vec::new();
-    loop {
-        let header = match reader.advance().transpose()? {
-            Some(LazyDataToken::ElementHeader(header)) => header,
-            Some(_) => return Err(SeriesJsonError::Meta("holds a sequence")),
-            None => return Err(SeriesJsonError::Meta("has no Transfer Syntax UID")),
-        };
-        let Some(value) = reader.advance().transpose()? else {
-            return Err(SeriesJsonError::Meta("ends inside an element"));
-        };
-        if header.tag == tags::TRANSFER_SYNTAX_UID {
-            value.read_value_into(&mut uid)?;
-            check_length(&header, uid.len() as u64)?;
-            break;
-        }
-        discard(value, Some(header))?;
-    }
-    let uid = std::str::from_utf8(&uid)
-        .map_err(|_| SeriesJsonError::Meta("has a Transfer Syntax UID that is not text"))?;
-    Ok(trim_padding(uid).to_owned())
-}
-
 fn check_uid(attribute: &'static str, value: &str) -> Result<(), SeriesJsonError> {
     let ok = !value.is_empty()
         && value
@@ -314,7 +244,8 @@ fn fill_uri_prefixes(out: &[u8], prefix: &[u8]) -> Vec<u8> {
     filled
 }
 
-type Reader<R> = LazyDataSetReader<DynStatefulDecoder<R>>;
+/// The token reader of a data set.
+pub(super) type Reader<R> = LazyDataSetReader<DynStatefulDecoder<R>>;
 type WriteResult = Result<(), SeriesJsonError>;
 
 /// What the top-level data set says about the instance as a whole.
@@ -1039,7 +970,7 @@ fn words<const N: usize>(bytes: &[u8], big_endian: bool) -> impl Iterator<Item =
 }
 
 /// Consumes a value token unread, checking that the stream holds all of it.
-fn discard<D: dicom_parser::StatefulDecode>(
+pub(super) fn discard<D: dicom_parser::StatefulDecode>(
     value: LazyDataToken<D>,
     header: Option<DataElementHeader>,
 ) -> WriteResult {
@@ -1051,7 +982,8 @@ fn discard<D: dicom_parser::StatefulDecode>(
     }
 }
 
-fn check_length(header: &DataElementHeader, read: u64) -> WriteResult {
+/// Checks that `read` bytes are all the header announced.
+pub(super) fn check_length(header: &DataElementHeader, read: u64) -> WriteResult {
     if read == u64::from(header.len.0) {
         Ok(())
     } else {
@@ -1119,7 +1051,7 @@ fn hex_tag(tag: Tag) -> [u8; 8] {
 }
 
 /// Removes trailing padding: spaces, and the NULs that pad UIs (and that some writers misuse).
-fn trim_padding(text: &str) -> &str {
+pub(super) fn trim_padding(text: &str) -> &str {
     text.trim_end_matches([' ', '\0'])
 }
 
