@@ -18,10 +18,9 @@ use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
-use super::document::{
-    self, DocumentOptions, InstanceJson, Reader, SeriesJsonError, check_length, discard,
-    trim_padding,
-};
+use super::document::{self, DocumentOptions, InstanceJson, SeriesJsonError};
+use super::values::trim_padding;
+use super::walk::{Reader, check_length, discard};
 
 /// Why an instance file could not be converted.
 #[derive(Debug, thiserror::Error)]
