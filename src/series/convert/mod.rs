@@ -7,3 +7,6 @@ pub mod document;
 pub mod part10;
 mod values;
 mod walk;
+
+#[cfg(test)]
+mod test_support;

@@ -174,6 +174,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::series::convert::test_support::from_bytes;
     use dcw_testkit::fixtures::{self, CtInstance};
 
     const STUDY: &str = "1.2.3";
@@ -361,5 +362,26 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_meta_group_without_its_length_or_transfer_syntax_is_refused() {
+        // No preamble: `DICM`, then (0002,0001) OB where the group length belongs.
+        let mut no_length = b"DICM".to_vec();
+        no_length.extend_from_slice(&[2, 0, 1, 0, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+        let err = from_bytes(&no_length, None);
+        assert!(
+            matches!(err, Err(SeriesJsonError::Meta(m)) if m.contains("group length")),
+            "{err:?}"
+        );
+        // A 12-byte group holding only (0002,0002) UI "1.2".
+        let mut no_syntax = b"DICM".to_vec();
+        no_syntax.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0, 12, 0, 0, 0]);
+        no_syntax.extend_from_slice(&[2, 0, 2, 0, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        let err = from_bytes(&no_syntax, None);
+        assert!(
+            matches!(err, Err(SeriesJsonError::Meta(m)) if m.contains("Transfer Syntax")),
+            "{err:?}"
+        );
     }
 }

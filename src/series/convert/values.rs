@@ -463,3 +463,254 @@ fn pn_is_empty(name: &str) -> bool {
 fn pn_group_is_empty(group: &str) -> bool {
     group.bytes().all(|b| b == b'^' || b == b' ')
 }
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::{DataElement, Tag, VR, dicom_value};
+    use dicom_dictionary_std::tags;
+    use serde_json::json;
+
+    use crate::series::convert::test_support::{
+        SOP, assert_structure, element, explicit_le, fixture_json, from_bytes, in_memory,
+        memory_json, parse, part10,
+    };
+
+    #[test]
+    fn fixture_values_follow_f2_types() {
+        assert_eq!(SOP.len() % 2, 1, "the SOP UID is NUL-padded in the file");
+        let json = fixture_json(None);
+        assert_structure(&json);
+        // Binary numbers.
+        assert_eq!(json["00280010"], json!({"vr": "US", "Value": [64]}));
+        assert_eq!(json["00280100"], json!({"vr": "US", "Value": [16]}));
+        assert_eq!(json["00280106"], json!({"vr": "SS", "Value": [-1024]}));
+        assert_eq!(json["00189306"], json!({"vr": "FD", "Value": [0.625]}));
+        // Textual numbers, padded and multi-valued.
+        assert_eq!(json["00200011"], json!({"vr": "IS", "Value": [6]}));
+        assert_eq!(json["00200013"], json!({"vr": "IS", "Value": [7]}));
+        assert_eq!(json["00281052"], json!({"vr": "DS", "Value": [-1024]}));
+        assert!(
+            json["00281052"]["Value"][0].is_i64(),
+            "padded DS is a number"
+        );
+        assert_eq!(json["00281053"], json!({"vr": "DS", "Value": [1]}));
+        assert_eq!(json["00180050"], json!({"vr": "DS", "Value": [0.625]}));
+        assert_eq!(json["00281050"], json!({"vr": "DS", "Value": [40, 400]}));
+        assert_eq!(json["00281051"], json!({"vr": "DS", "Value": [400, 1500]}));
+        assert_eq!(
+            json["00200032"],
+            json!({"vr": "DS", "Value": [-250, -250, -1145.125]})
+        );
+        assert_eq!(
+            json["00200037"],
+            json!({"vr": "DS", "Value": [1, 0, 0, 0, 1, 0]})
+        );
+        assert_eq!(
+            json["00280030"],
+            json!({"vr": "DS", "Value": [0.976562, 0.976562]})
+        );
+        // Strings, unformatted and unpadded.
+        assert_eq!(
+            json["00080008"],
+            json!({"vr": "CS", "Value": ["ORIGINAL", "PRIMARY", "AXIAL"]})
+        );
+        assert_eq!(json["00080020"], json!({"vr": "DA", "Value": ["20250807"]}));
+        assert_eq!(
+            json["00080030"],
+            json!({"vr": "TM", "Value": ["094022.123456"]})
+        );
+        assert_eq!(json["00080018"], json!({"vr": "UI", "Value": [SOP]}));
+        assert_eq!(
+            json["00080005"],
+            json!({"vr": "CS", "Value": ["ISO_IR 192"]})
+        );
+        // Person name groups.
+        assert_eq!(
+            json["00100010"],
+            json!({"vr": "PN", "Value": [{
+                "Alphabetic": "Yamada^Tarou",
+                "Ideographic": "山田^太郎",
+                "Phonetic": "やまだ^たろう"
+            }]})
+        );
+    }
+
+    #[test]
+    fn text_is_split_trimmed_and_never_reformatted() {
+        let json = memory_json(
+            vec![
+                element(tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY "),
+                element(tags::FRAME_OF_REFERENCE_UID, VR::UI, "1.2.3\0"),
+                element(
+                    tags::ADDITIONAL_PATIENT_HISTORY,
+                    VR::LT,
+                    "a\\b \"quoted\"\n  ",
+                ),
+                element(tags::PATIENT_ID, VR::LO, "A\\\\C"),
+                element(tags::STUDY_ID, VR::SH, "  "),
+                element(tags::STUDY_DATE, VR::DA, "20250807"),
+                element(tags::INSTITUTION_NAME, VR::LO, "Clinic \u{1}\\ü"),
+            ],
+            None,
+        );
+        assert_structure(&json);
+        assert_eq!(json["00080008"]["Value"], json!(["ORIGINAL", "PRIMARY"]));
+        assert_eq!(json["00200052"]["Value"], json!(["1.2.3"]));
+        assert_eq!(
+            json["001021B0"]["Value"],
+            json!(["a\\b \"quoted\"\n"]),
+            "LT not split"
+        );
+        assert_eq!(json["00100020"]["Value"], json!(["A", null, "C"]));
+        assert_eq!(
+            json["00200010"],
+            json!({"vr": "SH"}),
+            "only padding is empty"
+        );
+        assert_eq!(json["00080020"]["Value"], json!(["20250807"]));
+        assert_eq!(json["00080080"]["Value"], json!(["Clinic \u{1}", "ü"]));
+    }
+
+    #[test]
+    fn textual_numbers_parse_or_stay_strings() {
+        let json = memory_json(
+            vec![
+                element(tags::SERIES_NUMBER, VR::IS, " +12 "),
+                element(tags::ACQUISITION_NUMBER, VR::IS, "1.5"),
+                element(
+                    tags::WINDOW_CENTER,
+                    VR::DS,
+                    "1e3\\abc\\ \\+2.50\\NaN\\1e999",
+                ),
+                element(tags::RESCALE_INTERCEPT, VR::DS, "-0.1"),
+                element(tags::NUMBER_OF_FRAMES, VR::IS, "   "),
+            ],
+            None,
+        );
+        assert_eq!(json["00200011"]["Value"], json!([12]));
+        assert_eq!(json["00200012"]["Value"], json!(["1.5"]));
+        assert_eq!(
+            json["00281050"]["Value"],
+            json!([1000, "abc", null, 2.5, "NaN", "1e999"])
+        );
+        assert_eq!(json["00281052"]["Value"], json!([-0.1]));
+        assert_eq!(json["00280008"], json!({"vr": "IS"}));
+    }
+
+    #[test]
+    fn binary_numbers_are_numbers() {
+        let obj = in_memory(vec![
+            DataElement::new(
+                tags::SINGLE_COLLIMATION_WIDTH,
+                VR::FD,
+                dicom_value!(F64, [f64::NAN, f64::INFINITY, 1.5, 2.0]),
+            ),
+            DataElement::new(
+                tags::SPACING_BETWEEN_SLICES,
+                VR::DS,
+                dicom_value!(F64, [0.5]),
+            ),
+            DataElement::new(Tag(0x0018, 0x9089), VR::FD, PrimitiveValue::Empty),
+            DataElement::new(
+                tags::RECOMMENDED_DISPLAY_FRAME_RATE_IN_FLOAT,
+                VR::FL,
+                PrimitiveValue::from(0.1_f32),
+            ),
+            DataElement::new(
+                tags::SIMPLE_FRAME_LIST,
+                VR::UL,
+                dicom_value!(U32, [1, 4_000_000_000]),
+            ),
+            DataElement::new(
+                tags::REFERENCE_PIXEL_X0,
+                VR::SL,
+                PrimitiveValue::from(-7_i32),
+            ),
+            DataElement::new(
+                tags::SELECTOR_SV_VALUE,
+                VR::SV,
+                dicom_value!(I64, [-1, i64::MIN]),
+            ),
+            DataElement::new(
+                tags::SELECTOR_UV_VALUE,
+                VR::UV,
+                dicom_value!(U64, [u64::MAX]),
+            ),
+            DataElement::new(tags::SERIES_NUMBER, VR::IS, PrimitiveValue::from(5_i32)),
+        ]);
+        let instance = explicit_le(&obj);
+        let big_endian = part10(&obj, "1.2.840.10008.1.2.2");
+        assert_eq!(
+            from_bytes(&big_endian, None)
+                .expect("big endian")
+                .as_bytes(),
+            instance.as_bytes(),
+            "the same values from a big-endian file"
+        );
+        let text = String::from_utf8(instance.as_bytes().to_vec()).expect("UTF-8");
+        assert!(
+            text.contains(r#""Value":[0.1]"#),
+            "FL in its shortest f32 form: {text}"
+        );
+        let json = parse(instance.as_bytes());
+        assert_eq!(json["00189306"]["Value"], json!([null, null, 1.5, 2]));
+        assert_eq!(json["00180088"]["Value"], json!([0.5]));
+        assert_eq!(json["00189089"], json!({"vr": "FD"}));
+        assert_eq!(json["00081161"]["Value"], json!([1, 4_000_000_000_u32]));
+        assert_eq!(json["00186020"]["Value"], json!([-7]));
+        assert_eq!(
+            json["00720082"]["Value"],
+            json!([-1, "-9223372036854775808"])
+        );
+        assert_eq!(json["00720083"]["Value"], json!(["18446744073709551615"]));
+        assert_eq!(json["00200011"]["Value"], json!([5]));
+    }
+
+    #[test]
+    fn person_names_become_group_objects() {
+        let json = memory_json(
+            vec![
+                element(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
+                element(tags::PATIENT_NAME, VR::PN, "Doe^John"),
+                element(
+                    tags::PERFORMING_PHYSICIAN_NAME,
+                    VR::PN,
+                    "=山田^太郎\\A\\\\^^\\==x",
+                ),
+                element(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "=="),
+                element(tags::NAME_OF_PHYSICIANS_READING_STUDY, VR::PN, "^^ "),
+            ],
+            None,
+        );
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Doe^John"}])
+        );
+        assert_eq!(
+            json["00081050"]["Value"],
+            json!([{"Ideographic": "山田^太郎"}, {"Alphabetic": "A"}, null, null, {"Phonetic": "x"}])
+        );
+        assert_eq!(json["00080090"], json!({"vr": "PN"}));
+        assert_eq!(json["00081060"], json!({"vr": "PN"}));
+    }
+
+    #[test]
+    fn text_is_decoded_in_the_declared_character_set() {
+        let json = memory_json(
+            vec![
+                element(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+                element(tags::INSTITUTION_NAME, VR::LO, "Zürich\\Genève"),
+                element(tags::PATIENT_NAME, VR::PN, "Müller^Jürg"),
+                element(tags::PATIENT_COMMENTS, VR::LT, "naïve\\text"),
+            ],
+            None,
+        );
+        assert_eq!(json["00080080"]["Value"], json!(["Zürich", "Genève"]));
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Müller^Jürg"}])
+        );
+        assert_eq!(json["00104000"]["Value"], json!(["naïve\\text"]));
+    }
+}

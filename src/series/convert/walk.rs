@@ -32,7 +32,7 @@ use super::values::{self, Encoder, trim_padding};
 // 5-20 KB, overlays, LUTs, icon images) goes out by reference: base64 of 1 KiB is 1,368
 // bytes, already about 15% of a typical CT instance object (9-11 KB), once per slice.
 /// Largest binary value, in bytes, written inline as base64 (`InlineBinary`).
-pub(super) const INLINE_BINARY_MAX_BYTES: usize = 1024;
+const INLINE_BINARY_MAX_BYTES: usize = 1024;
 
 /// The token reader of a data set.
 pub(super) type Reader<R> = LazyDataSetReader<DynStatefulDecoder<R>>;
@@ -467,4 +467,295 @@ fn is_metadata(tag: Tag) -> bool {
 
 fn is_pixel_data(tag: Tag) -> bool {
     tag == tags::PIXEL_DATA || tag == tags::FLOAT_PIXEL_DATA || tag == tags::DOUBLE_FLOAT_PIXEL_DATA
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::value::{C, DataSetSequence, PixelFragmentSequence, PrimitiveValue};
+    use dicom_core::{DataElement, dicom_value};
+    use dicom_dictionary_std::uids;
+    use dicom_object::InMemDicomObject;
+    use serde_json::{Value as Json, json};
+
+    use super::*;
+    use crate::series::convert::test_support::{
+        BASE, PREFIX, assert_structure, element, fixture_json, from_bytes, in_memory, memory_json,
+        parse, part10,
+    };
+
+    #[test]
+    fn fixture_empty_attributes_sequences_and_private_tags() {
+        let json = fixture_json(None);
+        assert_eq!(json["00080090"], json!({"vr": "PN"}), "empty PN");
+        assert_eq!(json["00081030"], json!({"vr": "LO"}), "empty LO");
+        assert_eq!(json["00081110"], json!({"vr": "SQ"}), "empty SQ");
+        assert_eq!(
+            json["00081140"],
+            json!({"vr": "SQ", "Value": [{
+                "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+                "00081155": {"vr": "UI", "Value": ["1.2.3.4.5.6.7"]}
+            }]})
+        );
+        assert_eq!(json["00090010"], json!({"vr": "LO", "Value": ["ACME 1.1"]}));
+        assert_eq!(
+            json["00091001"],
+            json!({"vr": "OB", "InlineBinary": "AQIDBA=="})
+        );
+        let map = json.as_object().expect("object");
+        assert!(
+            !map.contains_key("00091002"),
+            "long OB left out without a base URL"
+        );
+        assert!(
+            !map.contains_key("7FE00010"),
+            "pixel data left out without a base URL"
+        );
+        assert!(
+            !map.keys().any(|k| k.starts_with("0002")),
+            "no file meta group"
+        );
+    }
+
+    #[test]
+    fn fixture_bulk_data_uris_with_a_base_url() {
+        let json = fixture_json(Some(BASE));
+        assert_structure(&json);
+        assert_eq!(
+            json["00091002"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00091002")})
+        );
+        assert_eq!(
+            json["7FE00010"],
+            json!({"vr": "OW", "BulkDataURI": format!("{PREFIX}/7FE00010")})
+        );
+        assert_eq!(
+            json["00091001"],
+            json!({"vr": "OB", "InlineBinary": "AQIDBA=="})
+        );
+        let last = json.as_object().and_then(|m| m.keys().next_back().cloned());
+        assert_eq!(
+            last.as_deref(),
+            Some("7FE00010"),
+            "pixel data in its sorted place"
+        );
+    }
+
+    #[test]
+    fn pixel_data_vr_follows_encoding_and_bits_allocated() {
+        let image = |bits: u16| {
+            in_memory(vec![
+                element(tags::ROWS, VR::US, 8_u16),
+                element(tags::BITS_ALLOCATED, VR::US, bits),
+            ])
+        };
+        let vr = |obj: &InMemDicomObject, ts: &str| {
+            let instance = from_bytes(&part10(obj, ts), Some(BASE)).expect("instance_json");
+            parse(instance.as_bytes())["7FE00010"]["vr"].clone()
+        };
+        let native = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        assert_eq!(vr(&image(16), native), "OW");
+        assert_eq!(vr(&image(16), uids::IMPLICIT_VR_LITTLE_ENDIAN), "OW");
+        assert_eq!(vr(&image(8), native), "OB");
+        assert_eq!(vr(&image(16), uids::JPEG2000), "OB", "encapsulated");
+        let not_image = in_memory(vec![element(tags::MODALITY, VR::CS, "SR")]);
+        assert_eq!(vr(&not_image, native), Json::Null, "no Rows, no pixel data");
+    }
+
+    #[test]
+    fn tags_sequences_and_exclusions() {
+        let item = InMemDicomObject::from_element_iter([element(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            "1.2",
+        )]);
+        let json = memory_json(
+            vec![
+                DataElement::new(
+                    tags::FRAME_INCREMENT_POINTER,
+                    VR::AT,
+                    dicom_value!(Tags, [tags::PIXEL_DATA, Tag(0x0018, 0x1063)]),
+                ),
+                DataElement::new(
+                    tags::REFERENCED_IMAGE_SEQUENCE,
+                    VR::SQ,
+                    DataSetSequence::from(vec![InMemDicomObject::new_empty(), item]),
+                ),
+                element(Tag(0x0008, 0x0000), VR::UL, 100_u32),
+                element(tags::TRANSFER_SYNTAX_UID, VR::UI, "1.2.840.10008.1.2.1"),
+                DataElement::new(
+                    tags::DATA_SET_TRAILING_PADDING,
+                    VR::OB,
+                    PrimitiveValue::U8(C::from_slice(&[0, 0])),
+                ),
+            ],
+            None,
+        );
+        assert_structure(&json);
+        assert_eq!(json["00280009"]["Value"], json!(["7FE00010", "00181063"]));
+        assert_eq!(
+            json["00081140"]["Value"],
+            json!([{}, {"00081155": {"vr": "UI", "Value": ["1.2"]}}])
+        );
+        let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["00080018", "00081140", "00280009"]);
+    }
+
+    #[test]
+    fn nested_binary_and_icon_pixels_get_path_uris() {
+        let icon = InMemDicomObject::from_element_iter([
+            element(tags::ROWS, VR::US, 2_u16),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, dicom_value!(U16, [1, 2, 3, 4])),
+            DataElement::new(
+                Tag(0x0029, 0x1010),
+                VR::OB,
+                PrimitiveValue::U8(C::from_vec(vec![7; 2000])),
+            ),
+            DataElement::new(Tag(0x0029, 0x1011), VR::OW, dicom_value!(U16, [0x0102])),
+        ]);
+        let elements = || {
+            vec![DataElement::new(
+                tags::ICON_IMAGE_SEQUENCE,
+                VR::SQ,
+                DataSetSequence::from(vec![icon.clone()]),
+            )]
+        };
+        let with = memory_json(elements(), Some(BASE));
+        let item = &with["00880200"]["Value"][0];
+        assert_eq!(
+            item["7FE00010"],
+            json!({"vr": "OW", "BulkDataURI": format!("{PREFIX}/00880200/0/7FE00010")})
+        );
+        assert_eq!(
+            item["00291010"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00880200/0/00291010")})
+        );
+        assert_eq!(
+            item["00291011"],
+            json!({"vr": "OW", "InlineBinary": "AgE="}),
+            "little endian"
+        );
+
+        let without = memory_json(elements(), None);
+        let item = without["00880200"]["Value"][0].as_object().expect("item");
+        let keys: Vec<&String> = item.keys().collect();
+        assert_eq!(keys, ["00280010", "00291011"]);
+    }
+
+    #[test]
+    fn us_or_ss_attributes_are_signed_with_signed_pixels_in_implicit_vr() {
+        let obj = in_memory(vec![
+            element(tags::PIXEL_REPRESENTATION, VR::US, 1_u16),
+            element(tags::SMALLEST_IMAGE_PIXEL_VALUE, VR::SS, -5_i16),
+        ]);
+        for ts in [
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        ] {
+            let json = parse(
+                from_bytes(&part10(&obj, ts), None)
+                    .expect("converts")
+                    .as_bytes(),
+            );
+            assert_eq!(json["00280106"], json!({"vr": "SS", "Value": [-5]}), "{ts}");
+        }
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_in_an_item_is_skipped_to_the_next_attribute() {
+        let icon = InMemDicomObject::from_element_iter([
+            element(tags::ROWS, VR::US, 2_u16),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new(vec![0], vec![vec![1, 2, 3, 4]]),
+            ),
+        ]);
+        let obj = in_memory(vec![
+            DataElement::new(
+                tags::ICON_IMAGE_SEQUENCE,
+                VR::SQ,
+                DataSetSequence::from(vec![icon]),
+            ),
+            element(tags::ROWS, VR::US, 512_u16),
+            DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new(vec![0], vec![vec![9; 64]]),
+            ),
+        ]);
+        let bytes = part10(&obj, uids::JPEG2000);
+        let json = parse(from_bytes(&bytes, Some(BASE)).expect("converts").as_bytes());
+        assert_structure(&json);
+        let item = &json["00880200"]["Value"][0];
+        assert_eq!(
+            item["7FE00010"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00880200/0/7FE00010")})
+        );
+        assert_eq!(
+            json["00280010"]["Value"],
+            json!([512]),
+            "read on after the icon"
+        );
+        assert_eq!(
+            json["7FE00010"],
+            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/7FE00010")})
+        );
+    }
+
+    #[test]
+    fn attributes_out_of_order_are_sorted_and_the_last_repeat_wins() {
+        // Explicit VR little endian elements after the file's (0008,0018) and (0018,0088):
+        // (0008,0016) UI "1.2", (0008,0018) UI "1.3" again, and an item whose (0008,1155)
+        // precedes its (0008,1150).
+        let obj = in_memory(vec![element(tags::SPACING_BETWEEN_SLICES, VR::DS, "2")]);
+        let mut bytes = part10(&obj, uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        let ui = |element: u8, value: &[u8; 4]| {
+            let mut bytes = vec![8, 0, element, 0x11, b'U', b'I', 4, 0];
+            bytes.extend_from_slice(value);
+            bytes
+        };
+        bytes.extend_from_slice(&[8, 0, 0x16, 0, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        bytes.extend_from_slice(&[8, 0, 0x18, 0, b'U', b'I', 4, 0, b'1', b'.', b'3', 0]);
+        // (0008,1140) SQ of undefined length, one item of undefined length.
+        bytes.extend_from_slice(&[8, 0, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        bytes.extend(ui(0x55, b"1.5\0"));
+        bytes.extend(ui(0x50, b"1.4\0"));
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let instance = from_bytes(&bytes, Some(BASE)).expect("converts");
+        assert_eq!(
+            instance.sop_instance_uid(),
+            "1.3",
+            "the last (0008,0018) wins"
+        );
+        let json = parse(instance.as_bytes());
+        assert_structure(&json);
+        let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["00080016", "00080018", "00081140", "00180088"]);
+        assert_eq!(json["00080018"]["Value"], json!(["1.3"]));
+        let item = json["00081140"]["Value"][0].as_object().expect("item");
+        let keys: Vec<&String> = item.keys().collect();
+        assert_eq!(keys, ["00081150", "00081155"]);
+    }
+
+    #[test]
+    fn inline_limit_is_inclusive() {
+        let value = |len: usize| PrimitiveValue::U8(C::from_vec(vec![0; len]));
+        let json = memory_json(
+            vec![
+                DataElement::new(Tag(0x0009, 0x1001), VR::OB, value(INLINE_BINARY_MAX_BYTES)),
+                DataElement::new(
+                    Tag(0x0009, 0x1002),
+                    VR::UN,
+                    value(INLINE_BINARY_MAX_BYTES + 1),
+                ),
+                DataElement::new(Tag(0x0009, 0x1003), VR::OB, PrimitiveValue::Empty),
+            ],
+            Some(BASE),
+        );
+        assert!(json["00091001"]["InlineBinary"].is_string());
+        assert!(json["00091002"]["BulkDataURI"].is_string());
+        assert_eq!(json["00091003"], json!({"vr": "OB"}));
+    }
 }
