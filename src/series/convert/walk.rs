@@ -4,9 +4,10 @@
 //! Values are taken as raw bytes into one reused buffer, and bulk values are skipped without
 //! being held, so no in-memory object is built. Attributes are written in the file's order,
 //! which PS3.5 7.1 makes ascending; a data set that is not gets its attributes sorted (the
-//! last of a repeated tag wins), so the keys always ascend. The walk keeps what the data set
-//! declares for the values after it (Specific Character Set, Pixel Representation) and what
-//! the document needs to know of the instance.
+//! last of a repeated tag wins), so the keys always ascend. The walk acts on what the data
+//! set declares for the values after it (the Specific Character Set goes to the value
+//! encoder; Pixel Representation makes "US or SS" attributes SS) and keeps what the document
+//! needs to know of the instance.
 //!
 //! Binary values (OB OD OF OL OV OW UN) of at most [`INLINE_BINARY_MAX_BYTES`] bytes are
 //! `InlineBinary`; larger ones are a `BulkDataURI` when a base URL is configured, else the
