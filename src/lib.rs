@@ -55,7 +55,9 @@ pub use keys::JWKS as JWKS_KEY;
 pub use observe::metrics::handle as metrics_handle;
 pub use observe::telemetry::{init as init_logging, one_line};
 pub use redis_conn::{blocking_connection, command_pool, connection_info};
-pub use series::convert::json::{DocumentOptions, InstanceJson, instance_json, series_document};
+pub use series::convert::document::{
+    DocumentOptions, InstanceJson, instance_json, series_document,
+};
 pub use series::convert::part10::read_instance;
 pub use series::files::document_path;
 pub use series::lock::SeriesLock;

@@ -16,7 +16,7 @@ use crate::db;
 use crate::ids::Uid;
 use crate::keys;
 use crate::observe::{metrics, telemetry};
-use crate::series::convert::json::{self, DocumentOptions};
+use crate::series::convert::document::{DocumentOptions, series_document};
 use crate::series::convert::part10::read_instance;
 use crate::series::files::{self, document_path};
 use crate::series::lock::{LOCK_RENEW_EVERY, SeriesLock};
@@ -331,7 +331,7 @@ impl Builder {
             }
         }
         let count = instances.len();
-        Ok(Ok((json::series_document(instances), count)))
+        Ok(Ok((series_document(instances), count)))
     }
 
     /// The files of the instances the database lists, or every `.dcm` file of the folder
