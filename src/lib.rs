@@ -7,7 +7,8 @@
 //!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
 //!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
 //!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
-//!   series:  schedule ─▶ builder (lock, rows, convert: part10 ─▶ json) ─▶ files (atomic publish)
+//!   series:  schedule ─▶ builder (lock, rows, convert: part10 ─▶ walk ─▶ values ─▶ document)
+//!            ─▶ files (atomic publish)
 //! jwks:    check ─▶ fetch ─▶ refresher      monitor (probes, watchdog)      warm (backfill)
 //! observe: metrics (a leaf), health, http endpoint, telemetry
 //! shared:  ids, keys, backoff, shutdown, db (pool), redis_conn (connections)
