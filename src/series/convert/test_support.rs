@@ -10,8 +10,9 @@ use dicom_object::mem::InMemElement;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use serde_json::Value as Json;
 
-use super::document::{DocumentOptions, InstanceJson, SeriesJsonError, instance_json};
-use super::part10::read_instance;
+use super::SeriesJsonError;
+use super::document::{DocumentOptions, InstanceJson, instance_json};
+use super::instance::read_instance;
 use dcw_testkit::fixtures::{self, CtInstance};
 
 const STUDY: &str = "1.2.826.0.1.3680043.8.498.10";

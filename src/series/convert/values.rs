@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use dicom_core::{Tag, VR};
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec as _};
 
-use super::document::{SeriesJsonError, WriteResult};
+use super::{SeriesJsonError, WriteResult};
 
 // Integers beyond this lose precision in a JSON reader that uses doubles (JavaScript).
 const MAX_EXACT_JSON_INT: u64 = (1 << 53) - 1;

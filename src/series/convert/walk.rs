@@ -25,8 +25,8 @@ use dicom_parser::DynStatefulDecoder;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 
-use super::document::{SeriesJsonError, WriteResult};
 use super::values::{self, Encoder, trim_padding};
+use super::{SeriesJsonError, WriteResult};
 
 // 1 KiB keeps the small vendor blobs (a few bytes to a few hundred) inline, so a viewer
 // needs no extra round trip for them, while every multi-KB value (Siemens CSA headers of
