@@ -1,8 +1,11 @@
-//! PostgreSQL: the connection options, the lazy pool and the embedded migrations.
+//! PostgreSQL: the connection options, the lazy pool, one-off connections and the
+//! embedded migrations.
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use anyhow::Context;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 
@@ -29,4 +32,17 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout())
         .connect_lazy_with(connect_options(settings)?))
+}
+
+/// One connection for a command, within `database.connect_timeout_ms`; the error names
+/// the URL (its password redacted).
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgConnection> {
+    let options = connect_options(settings).context("database.url")?;
+    tokio::time::timeout(
+        settings.connect_timeout(),
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .context("connect to postgres: timed out")?
+    .with_context(|| format!("connect to {}", settings.url))
 }
