@@ -7,6 +7,7 @@ mod check_config;
 mod endpoint;
 mod helpers;
 mod jwks;
+mod outbox;
 mod parser_props;
 mod private_postgres;
 mod reliability;
