@@ -8,9 +8,10 @@ use dcw_testkit::server_writes::{copy_series, upsert_instances, upsert_series};
 use dcw_testkit::synthetic::{Dataset, DatasetSpec, InstanceEvent};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::{DicomStateMeta, keys};
+use redis::aio::MultiplexedConnection;
 use sqlx::postgres::PgListener;
 
-use crate::chaos_support::{Replica, free_port, stream_length};
+use crate::chaos_support::{PrivateRedis, Replica, free_port, stream_length};
 use crate::endpoint::get;
 use crate::helpers::{DEADLINE, ServerDicomStateMeta, TestEnv, TestRole, wait_for};
 use crate::security::run_binary;
@@ -89,8 +90,21 @@ async fn all_warm(
     env: &TestEnv,
     expected: &BTreeMap<(String, String), Vec<ServerDicomStateMeta>>,
 ) -> bool {
+    all_warm_on(&env.redis, expected).await
+}
+
+/// [`all_warm`] on any Redis.
+async fn all_warm_on(
+    con: &MultiplexedConnection,
+    expected: &BTreeMap<(String, String), Vec<ServerDicomStateMeta>>,
+) -> bool {
     for ((tenant, study), rows) in expected {
-        let Some(stored) = env.get(&study_key(tenant, study)).await else {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(study_key(tenant, study))
+            .query_async(&mut con.clone())
+            .await
+            .expect("GET");
+        let Some(stored) = stored else {
             return false;
         };
         let parsed: Vec<ServerDicomStateMeta> =
@@ -425,6 +439,58 @@ async fn a_relay_killed_between_xadd_and_commit_loses_nothing() {
         "published once before the crash and once after"
     );
     survivor.stop().await;
+}
+
+#[tokio::test]
+async fn rows_written_while_redis_is_down_wait_in_the_outbox_and_are_relayed_once_it_is_back() {
+    let env = TestEnv::new().await;
+    install(&env).await;
+    let mut redis = PrivateRedis::start().await;
+    let mut vars = patient_env();
+    vars.push(("DCW__REDIS__URL", redis.url()));
+    vars.push(("DCW__REDIS__COMMAND_TIMEOUT_MS", "500".into()));
+    let replica = Replica::start(&env, &vars).await;
+    let before = dataset(&env, 2, 10);
+    upsert_series(&env.db, &before.rows).await.expect("upsert");
+    let con = redis.connection().await;
+    wait_for("the first studies warmed", || async {
+        all_warm_on(&con, &by_study(&before.rows)).await
+    })
+    .await;
+    wait_for("the outbox relayed", || async {
+        outbox_rows(&env).await == 0
+    })
+    .await;
+
+    redis.stop().await;
+    let during = dataset(&env, 3, 11);
+    upsert_series(&env.db, &during.rows).await.expect("upsert");
+    wait_for("the relay to fail", || {
+        let warned = replica
+            .figures()
+            .warnings
+            .iter()
+            .any(|w| w.contains("outbox relay failed"));
+        async move { warned }
+    })
+    .await;
+    assert_eq!(
+        outbox_rows(&env).await,
+        during.rows.len() as i64,
+        "the rows wait in the outbox"
+    );
+
+    redis.restart().await;
+    let con = redis.connection().await;
+    wait_for("the studies written during the outage warmed", || async {
+        all_warm_on(&con, &by_study(&during.rows)).await
+    })
+    .await;
+    wait_for("the outbox relayed", || async {
+        outbox_rows(&env).await == 0
+    })
+    .await;
+    replica.stop().await;
 }
 
 #[tokio::test]
