@@ -178,6 +178,8 @@ impl Relay {
                 .ignore();
         }
         {
+            // Not MULTI: after a partial failure, what went out is published again with the
+            // rest, as after a crash.
             let mut con = self.redis.get().await?;
             pipe.query_async::<()>(&mut *con).await?;
         }
