@@ -446,9 +446,11 @@ async fn rows_written_while_redis_is_down_wait_in_the_outbox_and_are_relayed_onc
     let env = TestEnv::new().await;
     install(&env).await;
     let mut redis = PrivateRedis::start().await;
+    let port = free_port();
     let mut vars = patient_env();
     vars.push(("DCW__REDIS__URL", redis.url()));
     vars.push(("DCW__REDIS__COMMAND_TIMEOUT_MS", "500".into()));
+    vars.push(("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}")));
     let replica = Replica::start(&env, &vars).await;
     let before = dataset(&env, 2, 10);
     upsert_series(&env.db, &before.rows).await.expect("upsert");
@@ -479,6 +481,12 @@ async fn rows_written_while_redis_is_down_wait_in_the_outbox_and_are_relayed_onc
         during.rows.len() as i64,
         "the rows wait in the outbox"
     );
+    // The gauges show them (counted every 5 s at most).
+    wait_for("the outbox gauges to show the rows waiting", || async {
+        metric(port, "dcw_outbox_length").await == Some(during.rows.len() as f64)
+            && metric(port, "dcw_outbox_lag_seconds").await > Some(0.0)
+    })
+    .await;
 
     redis.restart().await;
     let con = redis.connection().await;
@@ -626,15 +634,17 @@ async fn the_daemon_relays_with_the_readmes_grants_and_refuses_to_start_without_
     assert!(figures.warnings.is_empty(), "{:?}", figures.warnings);
 }
 
+/// The value of an unlabelled metric on a daemon's endpoint, when exported.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = get(port, "/metrics").await?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The value of `dcw_outbox_rows_relayed_total` on a daemon's endpoint.
 async fn rows_relayed(port: u16) -> f64 {
-    let (_, body) = get(port, "/metrics").await.expect("metrics answer");
-    body.lines()
-        .find_map(|line| {
-            line.strip_prefix("dcw_outbox_rows_relayed_total ")?
-                .parse()
-                .ok()
-        })
+    metric(port, "dcw_outbox_rows_relayed_total")
+        .await
         .expect("dcw_outbox_rows_relayed_total exported")
 }
 
