@@ -27,10 +27,12 @@ mod db;
 mod observe;
 mod redis_conn;
 
-// The data flow, from the server's database (outbox) to the stream, then on to the cache.
+// Where the events come from when the server publishes none: the outbox and its relay.
+mod outbox;
+
+// The data flow.
 mod fill;
 mod ingest;
-mod outbox;
 mod series;
 
 // Side tasks.
