@@ -182,7 +182,8 @@ fn explain(command: &str, role: &str, error: sqlx::Error) -> anyhow::Error {
         // insufficient_privilege
         Some("42501") => anyhow!(
             "{command}: role {role} lacks a privilege ({}): run it as the owner of \
-             dicom_state_meta and dicom_image_meta (or a superuser); nothing was changed",
+             dicom_state_meta, dicom_image_meta and the outbox (the role that installed it), or \
+             as a superuser; nothing was changed",
             error
                 .as_database_error()
                 .map(|e| e.message())

@@ -572,6 +572,32 @@ async fn install_and_uninstall_are_idempotent_and_refused_without_ownership() {
         (5, true),
         "nothing changed"
     );
+
+    // Owning the tables but not the trigger functions: PostgreSQL refuses (42501) mid-way,
+    // and the transaction leaves everything as it was.
+    for statement in [
+        "ALTER TABLE dicom_state_meta OWNER TO {role}",
+        "ALTER TABLE dicom_image_meta OWNER TO {role}",
+        "ALTER TABLE dcw_ingest_outbox OWNER TO {role}",
+        "GRANT CREATE ON SCHEMA public TO {role}",
+    ] {
+        sqlx::query(&statement.replace("{role}", &role.name))
+            .execute(&env.db)
+            .await
+            .expect(statement);
+    }
+    let refused = outbox_command(&env, "install", Some(role.url())).await;
+    let logged = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{logged}");
+    assert!(
+        logged.contains(&format!(
+            "outbox install: role {} lacks a privilege (must be owner of function \
+             dcw_ingest_outbox_stored)",
+            role.name
+        )) && logged.contains("nothing was changed"),
+        "{logged}"
+    );
+    assert_eq!((triggers().await, table().await), (5, true));
 }
 
 #[tokio::test]
