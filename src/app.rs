@@ -1,6 +1,8 @@
 //! The daemon's wiring: builds the pools, starts the side tasks (endpoint, monitor,
-//! watchdog, series builder, JWKS refresher), runs the consumer, then waits for them all.
+//! watchdog, series builder, JWKS refresher, outbox relay), runs the consumer, then waits
+//! for them all.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,6 +15,7 @@ use crate::fill::round::{self, Services};
 use crate::observe::health::{Health, Service};
 use crate::observe::telemetry::one_line;
 use crate::observe::{http, metrics};
+use crate::outbox::relay::Relay;
 use crate::series::builder::{self, BuildOutcome, Builder};
 use crate::series::rows;
 use crate::{db, jwks, monitor, redis_conn};
@@ -48,7 +51,21 @@ async fn run_until(
         db,
     };
     if settings.series.roots().is_some() && settings.series.record_status {
-        check_record_grant(&settings, &services.db).await?;
+        refuse_without_grant(
+            &settings,
+            "series.record_status: could not check the grant on dicom_json_meta",
+            rows::check_record_grant(&services.db),
+        )
+        .await?;
+    }
+    let mut relay = Relay::new(settings.clone(), services.redis.clone()).context("database.url")?;
+    if let Some(relay) = &relay {
+        refuse_without_grant(
+            &settings,
+            "outbox.enabled: could not check dcw_ingest_outbox and its grants",
+            relay.check_grant(),
+        )
+        .await?;
     }
     // Built before any task starts: an unreadable jwks.ca_file fails the start.
     let jwks = jwks::Refresher::new(&settings.jwks, services.redis.clone())?;
@@ -93,6 +110,13 @@ async fn run_until(
     )
     .map(|builder| tokio::spawn(builder.run(cancel.clone())));
     let jwks = jwks.map(|refresher| tokio::spawn(refresher.run(health.clone(), cancel.clone())));
+    if let Some(relay) = &mut relay
+        && until == Until::Drained
+    {
+        // A drain covers what waits in the outbox now, not only what is in the stream.
+        relay.relay_all(&cancel).await;
+    }
+    let relay = relay.map(|relay| tokio::spawn(relay.run(cancel.clone())));
     consumer::run(&services, &settings, &health, &cancel, until).await;
     // Drained: the side tasks stop as they would on a signal.
     cancel.cancel();
@@ -105,26 +129,33 @@ async fn run_until(
     if let Some(jwks) = jwks {
         jwks.await?;
     }
+    if let Some(relay) = relay {
+        // A step in hand commits (or leaves its rows for the next relay).
+        relay.await?;
+    }
     endpoint.await?;
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Fails the start when the database says the role may not record builds; a database
-/// that does not answer in time is checked by the builds themselves.
-async fn check_record_grant(settings: &Settings, db: &sqlx::PgPool) -> anyhow::Result<()> {
+/// Fails the start when the database answers that a grant (or table) the settings need
+/// is missing; a database that fails or does not answer in time is left to the tasks,
+/// which back off, and only `what` is logged.
+async fn refuse_without_grant(
+    settings: &Settings,
+    what: &str,
+    check: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let timeout = settings.database.connect_timeout();
-    match tokio::time::timeout(timeout, rows::check_record_grant(db)).await {
+    match tokio::time::timeout(timeout, check).await {
         Ok(Err(error)) if error.downcast_ref::<sqlx::Error>().is_none() => Err(error),
         Ok(Err(error)) => {
-            tracing::warn!(error = %one_line(error.as_ref()), "series.record_status: could not check the grant on dicom_json_meta");
+            tracing::warn!(error = %one_line(error.as_ref()), "{what}");
             Ok(())
         }
         Err(_) => {
-            tracing::warn!(
-                "series.record_status: the database did not answer the grant check in time"
-            );
+            tracing::warn!("{what}: the database did not answer in time");
             Ok(())
         }
         Ok(Ok(())) => Ok(()),

@@ -1,4 +1,5 @@
-//! The one-shot subcommands: `migrate` and `check-config`.
+//! The one-shot subcommands: `migrate` and `check-config` (`outbox install` and `uninstall`
+//! live with the outbox).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,14 +10,14 @@ use sqlx::{Connection, PgConnection};
 use crate::config::Settings;
 use crate::observe::telemetry;
 use crate::series::rows;
-use crate::{db, redis_conn};
+use crate::{db, outbox, redis_conn};
 
 /// Creates the database when missing and applies `migrations/`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let mut con = match connect_database(settings).await {
+    let mut con = match db::connect(&settings.database).await {
         Err(error) if is_missing_database(&error) => {
             create_database(settings).await?;
-            connect_database(settings).await?
+            db::connect(&settings.database).await?
         }
         other => other?,
     };
@@ -72,6 +73,9 @@ pub async fn check_config(settings: &Settings) -> anyhow::Result<()> {
             checks.push(("series.record_status", check_record_grant(settings).await));
         }
     }
+    if settings.outbox.enabled {
+        checks.push(("outbox.enabled", check_relay_grant(settings).await));
+    }
     for (what, result) in &checks {
         match result {
             Ok(detail) => println!("{what}: ok ({detail})"),
@@ -115,7 +119,7 @@ async fn check_redis(settings: &Settings) -> anyhow::Result<String> {
 }
 
 async fn check_database(settings: &Settings) -> anyhow::Result<String> {
-    let mut con = connect_database(settings).await?;
+    let mut con = db::connect(&settings.database).await?;
     sqlx::query("SELECT 1 FROM dicom_state_meta LIMIT 1")
         .execute(&mut con)
         .await
@@ -127,18 +131,13 @@ async fn check_database(settings: &Settings) -> anyhow::Result<String> {
 }
 
 async fn check_record_grant(settings: &Settings) -> anyhow::Result<String> {
-    let mut con = connect_database(settings).await?;
+    let mut con = db::connect(&settings.database).await?;
     rows::check_record_grant(&mut con).await?;
     Ok("dicom_json_meta writable".into())
 }
 
-async fn connect_database(settings: &Settings) -> anyhow::Result<PgConnection> {
-    let options = db::connect_options(&settings.database).context("database.url")?;
-    tokio::time::timeout(
-        settings.database.connect_timeout(),
-        PgConnection::connect_with(&options),
-    )
-    .await
-    .context("connect to postgres: timed out")?
-    .with_context(|| format!("connect to {}", settings.database.url))
+async fn check_relay_grant(settings: &Settings) -> anyhow::Result<String> {
+    let mut con = db::connect(&settings.database).await?;
+    outbox::check_relay_grant(&mut con).await?;
+    Ok("dcw_ingest_outbox can be relayed".into())
 }

@@ -1,10 +1,12 @@
-//! PostgreSQL: the connection options, the lazy pool, the client-side deadline of every
-//! query and the embedded migrations.
+//! PostgreSQL: the connection options, the lazy pool, one-off connections, the client-side
+//! deadline of every query and the embedded migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use anyhow::Context;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 
@@ -52,4 +54,17 @@ fn no_answer(deadline: Duration) -> sqlx::Error {
         std::io::ErrorKind::TimedOut,
         format!("PostgreSQL did not answer within {deadline:?}"),
     ))
+}
+
+/// One connection for a command, within `database.connect_timeout_ms`; the error names
+/// the URL (its password redacted).
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgConnection> {
+    let options = connect_options(settings).context("database.url")?;
+    tokio::time::timeout(
+        settings.connect_timeout(),
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .context("connect to postgres: timed out")?
+    .with_context(|| format!("connect to {}", settings.url))
 }

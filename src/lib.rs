@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! config (sections, load, validate, secret) ─▶ app (pools, tasks) ─▶ consumer (the loop)
+//!   outbox:  server's write ─▶ trigger row (install) ─▶ relay (table: XADD, then DELETE) ─▶ stream
 //!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
 //!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
 //!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
@@ -11,7 +12,7 @@
 //!            convert: instance ─▶ part10 ─▶ walk ─▶ values ─▶ document
 //! jwks:    check ─▶ fetch ─▶ refresher      monitor (probes, watchdog)      warm (backfill)
 //! observe: metrics (a leaf), health, http endpoint, telemetry
-//! shared:  ids, keys, backoff, shutdown, db (pool), redis_conn (connections)
+//! shared:  ids, keys, backoff, shutdown, db (pool, connections), redis_conn (connections)
 //! ```
 
 // Shared vocabulary: the ids every key and path is built from, and the keys themselves.
@@ -26,6 +27,9 @@ mod config;
 mod db;
 mod observe;
 mod redis_conn;
+
+// Where the events come from when the server publishes none: the outbox and its relay.
+mod outbox;
 
 // The data flow.
 mod fill;
@@ -55,6 +59,7 @@ pub use jwks::{Cached, FetchError, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome, R
 pub use keys::JWKS as JWKS_KEY;
 pub use observe::metrics::handle as metrics_handle;
 pub use observe::telemetry::{init as init_logging, one_line};
+pub use outbox::install::{install as install_outbox, uninstall as uninstall_outbox};
 pub use redis_conn::{blocking_connection, command_pool, connection_info};
 pub use series::convert::document::{
     DocumentOptions, InstanceJson, instance_json, series_document,

@@ -33,6 +33,29 @@ enum Command {
     CheckConfig,
     /// Fill the cache for studies already in the database (Ctrl-C stops; safe to re-run).
     Warm(WarmArgs),
+    /// Install or uninstall the outbox: the ingest events of a server that publishes none.
+    ///
+    /// A table and statement-level triggers in the server's database (database.url) record
+    /// each series its writes change; the daemon relays them to stream.key when
+    /// outbox.enabled is on.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Create or replace the outbox table and its triggers; safe to re-run.
+    ///
+    /// In one transaction: the table dcw_ingest_outbox and statement-level triggers on
+    /// dicom_state_meta and dicom_image_meta. Run it as the owner of those tables (the role
+    /// of database.url). It grants nothing: the daemon's role then needs
+    /// GRANT SELECT, DELETE, UPDATE (id) ON dcw_ingest_outbox.
+    Install,
+    /// Remove the triggers, their functions and the table; safe to re-run.
+    ///
+    /// In one transaction; rows still waiting to be relayed go with the table. Run it as
+    /// the owner of the tables.
+    Uninstall,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +82,14 @@ fn main() -> ExitCode {
             Command::Run { until_drained } => run_daemon(settings, until_drained).await,
             Command::Migrate => dcw::migrate(&settings).await,
             Command::CheckConfig => dcw::check_config(&settings).await,
+            Command::Outbox(command) => {
+                let report = match command {
+                    OutboxCommand::Install => dcw::install_outbox(&settings).await?,
+                    OutboxCommand::Uninstall => dcw::uninstall_outbox(&settings).await?,
+                };
+                println!("{report}");
+                Ok(())
+            }
             Command::Warm(args) => {
                 let summary = dcw::warm(&settings, &args, dcw::on_signals()?).await?;
                 println!("{summary}");

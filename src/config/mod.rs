@@ -29,6 +29,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Series metadata documents.
     pub series: SeriesSettings,
+    /// The transactional outbox relayed to the ingest stream.
+    pub outbox: OutboxSettings,
     /// The identity provider's key set.
     pub jwks: JwksSettings,
     /// Graceful stop.
@@ -272,6 +274,36 @@ impl Default for SeriesSettings {
     }
 }
 
+/// `[outbox]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Relay the server-side outbox (`dicom-cache-warmer outbox install`) to `stream.key`.
+    pub enabled: bool,
+    /// The outbox is looked at this often even without a notification (ones missed while
+    /// disconnected), in milliseconds.
+    pub poll_ms: u64,
+    /// Outbox rows taken, published and deleted per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            poll_ms: 1_000,
+            batch_size: 1_000,
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// How often the outbox is looked at without a notification.
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+}
+
 /// `[jwks]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -440,6 +472,9 @@ mod tests {
         assert_eq!(s.cache.study_ttl_secs, 7_200);
         assert_eq!(s.series.quiet_ms, 3_000);
         assert_eq!(s.series.max_delay_ms, 30_000);
+        assert!(!s.outbox.enabled);
+        assert_eq!(s.outbox.poll_ms, 1_000);
+        assert_eq!(s.outbox.batch_size, 1_000);
         assert_eq!(s.jwks.refresh_secs, 300);
         assert_eq!(s.jwks.ttl_secs, 6_000);
         assert_eq!(s.shutdown.grace_secs, 25);

@@ -3,7 +3,7 @@
 
 use crate::config::{
     CacheSettings, ConfigError, DatabaseSettings, HttpSettings, JwksSettings, LogSettings,
-    RedisSettings, SeriesSettings, Settings, ShutdownSettings, StreamSettings,
+    OutboxSettings, RedisSettings, SeriesSettings, Settings, ShutdownSettings, StreamSettings,
 };
 
 impl Settings {
@@ -16,6 +16,7 @@ impl Settings {
         check_claim_timing(self, &mut problems);
         check_cache(&self.cache, &mut problems);
         check_series(&self.series, &mut problems);
+        check_outbox(&self.outbox, &mut problems);
         check_jwks(&self.jwks, &mut problems);
         check_shutdown(&self.shutdown, &mut problems);
         check_http(&self.http, &mut problems);
@@ -178,6 +179,20 @@ fn check_series(series: &SeriesSettings, problems: &mut Problems) {
     );
 }
 
+fn check_outbox(outbox: &OutboxSettings, problems: &mut Problems) {
+    problems.check(
+        (10..=600_000).contains(&outbox.poll_ms),
+        "outbox.poll_ms",
+        "must be between 10 and 600000",
+    );
+    // One XADD pipeline and one bind array per step.
+    problems.check(
+        (1..=10_000).contains(&outbox.batch_size),
+        "outbox.batch_size",
+        "must be between 1 and 10000",
+    );
+}
+
 fn check_jwks(jwks: &JwksSettings, problems: &mut Problems) {
     problems.check(
         jwks.refresh_secs >= 1,
@@ -292,6 +307,32 @@ mod tests {
         assert_eq!(
             err.0,
             ["stream.coalesce_entries: must be between stream.batch_size and 10000000"]
+        );
+    }
+
+    #[test]
+    fn outbox_settings_are_checked_by_key() {
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__OUTBOX__ENABLED", "true"),
+                ("DCW__OUTBOX__POLL_MS", "250"),
+                ("DCW__OUTBOX__BATCH_SIZE", "500"),
+            ],
+        )
+        .expect("valid");
+        assert!(s.outbox.enabled);
+        assert_eq!(s.outbox.poll().as_millis(), 250);
+        assert_eq!(s.outbox.batch_size, 500);
+        let err =
+            load("[outbox]\npoll_ms = 0\nbatch_size = 10001\n", None, &[]).expect_err("invalid");
+        assert_eq!(
+            err.0,
+            [
+                "outbox.poll_ms: must be between 10 and 600000",
+                "outbox.batch_size: must be between 1 and 10000"
+            ]
         );
     }
 

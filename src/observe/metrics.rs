@@ -54,10 +54,12 @@ pub enum Counter {
     JwksRefreshes,
     /// Cached key sets given a full TTL again while the provider was down.
     JwksTtlExtensions,
+    /// Outbox rows published to the stream and deleted.
+    OutboxRowsRelayed,
 }
 
 impl Counter {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::EntriesRead,
         Self::EntriesAcked,
         Self::EntriesReclaimed,
@@ -70,6 +72,7 @@ impl Counter {
         Self::DbQueries,
         Self::JwksRefreshes,
         Self::JwksTtlExtensions,
+        Self::OutboxRowsRelayed,
     ];
 
     /// The metric's name and help text.
@@ -111,6 +114,10 @@ impl Counter {
                 "dcw_jwks_ttl_extensions_total",
                 "Cached key sets about to expire while the provider was down, given a full TTL again",
             ),
+            Self::OutboxRowsRelayed => (
+                "dcw_outbox_rows_relayed_total",
+                "Outbox rows published to the ingest stream and deleted from dcw_ingest_outbox",
+            ),
         }
     }
 }
@@ -126,10 +133,18 @@ pub enum RoundTrip {
     Write,
     /// XACK.
     Ack,
+    /// One pipeline of XADDs relaying outbox rows.
+    Publish,
 }
 
 impl RoundTrip {
-    const ALL: [Self; 4] = [Self::Read, Self::PoolCheck, Self::Write, Self::Ack];
+    const ALL: [Self; 5] = [
+        Self::Read,
+        Self::PoolCheck,
+        Self::Write,
+        Self::Ack,
+        Self::Publish,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -137,6 +152,7 @@ impl RoundTrip {
             Self::PoolCheck => "pool_check",
             Self::Write => "write",
             Self::Ack => "ack",
+            Self::Publish => "publish",
         }
     }
 }
@@ -275,6 +291,16 @@ fn install() -> Result<PrometheusHandle, BuildError> {
         Unit::Count,
         "Entries in the dead-letter stream"
     );
+    describe_gauge!(
+        "dcw_outbox_length",
+        Unit::Count,
+        "Rows waiting in dcw_ingest_outbox, as last counted"
+    );
+    describe_gauge!(
+        "dcw_outbox_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest row waiting in dcw_ingest_outbox, as last measured (0 when empty)"
+    );
     describe_counter!(
         "dcw_series_builds_total",
         Unit::Count,
@@ -357,6 +383,12 @@ pub fn stream_gauges(pending: Option<usize>, lag: Option<usize>, dead_letters: u
         gauge!("dcw_stream_lag").set(lag as f64);
     }
     gauge!("dcw_dead_letter_length").set(dead_letters as f64);
+}
+
+/// Sets the rows waiting in the outbox and the age of the oldest, as last measured.
+pub fn outbox_gauges(rows: u64, oldest: Duration) {
+    gauge!("dcw_outbox_length").set(rows as f64);
+    gauge!("dcw_outbox_lag_seconds").set(oldest.as_secs_f64());
 }
 
 /// Counts what became of one scheduled series (`result` is the outcome's label).

@@ -196,7 +196,7 @@ async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
 
 /// Every metric family the daemon exports before its first event (the stream gauges
 /// follow the first probe that finds the group).
-const FAMILIES_AT_START: [&str; 29] = [
+const FAMILIES_AT_START: [&str; 30] = [
     "dcw_build_info",
     "dcw_entries_read_total",
     "dcw_entries_acked_total",
@@ -215,6 +215,7 @@ const FAMILIES_AT_START: [&str; 29] = [
     "dcw_series_instances_total",
     "dcw_jwks_refreshes_total",
     "dcw_jwks_ttl_extensions_total",
+    "dcw_outbox_rows_relayed_total",
     "dcw_batch_entries",
     "dcw_batch_duration_seconds",
     "dcw_db_query_duration_seconds",

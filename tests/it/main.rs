@@ -8,6 +8,7 @@ mod check_config;
 mod endpoint;
 mod helpers;
 mod jwks;
+mod outbox;
 mod parser_props;
 mod private_postgres;
 mod reliability;

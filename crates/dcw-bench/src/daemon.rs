@@ -74,6 +74,8 @@ pub(crate) struct Counters {
     pub(crate) redis_round_trips: f64,
     /// Study keys written (one study is written again for every batch it appears in).
     pub(crate) study_fills: f64,
+    /// Outbox rows relayed to the stream.
+    pub(crate) outbox_rows: f64,
 }
 
 impl Daemon {
@@ -107,6 +109,7 @@ impl Daemon {
                 &settings.stream.dead_letter_key,
             )
             .env("DCW__HTTP__LISTEN", http.to_string())
+            .env("DCW__OUTBOX__ENABLED", settings.outbox.enabled.to_string())
             .env("DCW__LOG__LEVEL", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -207,6 +210,7 @@ impl Daemon {
             db_queries: metric_sum(&rendered, "dcw_db_queries_total"),
             redis_round_trips: metric_sum(&rendered, "dcw_redis_round_trips_total"),
             study_fills: metric_sum(&rendered, "dcw_studies_filled_total"),
+            outbox_rows: metric_sum(&rendered, "dcw_outbox_rows_relayed_total"),
         })
     }
 

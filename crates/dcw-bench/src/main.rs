@@ -1,7 +1,8 @@
 //! `dcw-bench`: loads synthetic studies (`load`, for the demo) and benchmarks the daemon on
 //! scratch databases and streams: a backlog drained, against a plain per-event worker on the
-//! same data (`drain`); publish-to-key latency, idle and under a paced load (`latency`); and
-//! series documents built from instance files (`series`).
+//! same data (`drain`); publish-to-key latency, idle and under a paced load (`latency`);
+//! series documents built from instance files (`series`); and the outbox: its triggers'
+//! cost on the server's writes and the relay's speed (`outbox`).
 //!
 //! # Layout
 //!
@@ -16,11 +17,14 @@
 //! - `reference`: a plain per-event worker draining the same events.
 //! - `latency`: probe events timed until their study key is visible, idle and under load.
 //! - `series`: series documents built from instance files, warm and cold page cache.
+//! - `outbox`: wado-consumer batches with and without the outbox's triggers; studies
+//!   written by COPY relayed and warmed by the daemon.
 
 mod daemon;
 mod drain;
 mod latency;
 mod load;
+mod outbox;
 mod reference;
 mod sampling;
 mod scratch;
@@ -57,6 +61,10 @@ enum Command {
     /// Series documents from a series of CT instance files in a temporary folder:
     /// instances per second through the daemon's code, warm and cold page cache.
     Series(series::SeriesArgs),
+    /// On a scratch database and stream: wado-consumer batches (series rows, then instance
+    /// rows) timed with and without the outbox's triggers; then studies written by one COPY
+    /// with the daemon relaying the outbox, timed until every study key is warm.
+    Outbox(outbox::OutboxArgs),
 }
 
 #[tokio::main]
@@ -73,5 +81,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Drain(args) => drain::run(settings, cli.config.as_deref(), &args).await,
         Command::Latency(args) => latency::run(settings, cli.config.as_deref(), &args).await,
         Command::Series(args) => series::run(&args),
+        Command::Outbox(args) => outbox::run(settings, cli.config.as_deref(), &args).await,
     }
 }

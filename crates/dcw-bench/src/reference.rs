@@ -109,6 +109,7 @@ pub(crate) async fn drain(
             db_queries: counts.queries.load(Ordering::Relaxed) as f64,
             redis_round_trips: counts.round_trips.load(Ordering::Relaxed) as f64,
             study_fills: counts.fills.load(Ordering::Relaxed) as f64,
+            outbox_rows: 0.0,
         },
         cpu,
     })
