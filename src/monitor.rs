@@ -26,6 +26,9 @@ pub async fn run(
     db: PgPool,
     cancel: CancellationToken,
 ) {
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        check_watchdog_period(period, settings.liveness_max_silence());
+    }
     let mut told_ready = false;
     let mut interval = tokio::time::interval(PROBE_INTERVAL);
     loop {
@@ -78,17 +81,47 @@ async fn probe_redis(settings: &Settings, health: &Health, redis: &deadpool_redi
     }
 }
 
+/// Warns when systemd's watchdog period is shorter than the longest the main loop may
+/// legitimately stay silent (the liveness window of `/healthz`): the pings would stop, and
+/// systemd kill the daemon, during a batch that is slow but within that window.
+fn check_watchdog_period(period: Duration, liveness_window: Duration) -> bool {
+    let too_short = period < liveness_window;
+    if too_short {
+        tracing::warn!(
+            "systemd's watchdog period (WatchdogSec={}s) is shorter than the liveness window \
+             of /healthz ({}s, from stream.block_ms, database.statement_timeout_ms and \
+             redis.command_timeout_ms): a slow batch within that window gets the daemon \
+             killed by the watchdog; raise WatchdogSec= to at least {}s",
+            period.as_secs_f64(),
+            liveness_window.as_secs_f64(),
+            liveness_window.as_secs_f64().ceil(),
+        );
+    }
+    too_short
+}
+
 /// Sends WATCHDOG=1 at half systemd's watchdog period while the main loop makes progress,
 /// so a wedged loop gets the process restarted; does nothing without a watchdog.
+///
+/// The pings start once the daemon is ready (when READY=1 goes out). systemd arms the
+/// watchdog at READY=1, or at the first ping if that comes earlier: a ping while the daemon
+/// still waits for Redis or PostgreSQL would arm it during the start, and a main loop held
+/// up by a slow service would then be killed for it, although the start has its own limit
+/// (TimeoutStartSec=).
 pub async fn watchdog(health: Arc<Health>, cancel: CancellationToken) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
     let mut interval = tokio::time::interval(period / 2);
+    let mut started = false;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             () = cancel.cancelled() => return,
+        }
+        started = started || health.readiness(Duration::MAX).is_ok();
+        if !started {
+            continue;
         }
         if health.is_live(period) {
             notify(&[NotifyState::Watchdog]);
@@ -105,5 +138,18 @@ pub async fn watchdog(health: Arc<Health>, cancel: CancellationToken) {
 fn notify(states: &[NotifyState]) {
     if let Err(error) = sd_notify::notify(states) {
         tracing::debug!(%error, "systemd notification failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watchdog_period_shorter_than_the_liveness_window_is_flagged() {
+        let window = Duration::from_secs(62);
+        assert!(check_watchdog_period(Duration::from_secs(30), window));
+        assert!(!check_watchdog_period(Duration::from_secs(62), window));
+        assert!(!check_watchdog_period(Duration::from_secs(70), window));
     }
 }

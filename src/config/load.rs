@@ -87,6 +87,10 @@ impl Settings {
     }
 
     /// Replaces each password by the content of its `password_file`, when one is given.
+    ///
+    /// A file that is empty or holds only white space (the empty credential files of a site
+    /// whose Redis or PostgreSQL has no password) counts as no file: no password is sent
+    /// unless `password` or the URL gives one. An empty `password` is no password either.
     fn read_password_files(&mut self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for (key, file, password) in [
@@ -101,8 +105,13 @@ impl Settings {
                 &mut self.database.password,
             ),
         ] {
+            if password.as_ref().is_some_and(|p| p.expose().is_empty()) {
+                *password = None;
+            }
             let Some(file) = file else { continue };
             match std::fs::read_to_string(file) {
+                // Sending AUTH with an empty password fails against a server without one.
+                Ok(text) if text.trim().is_empty() => {}
                 // One trailing newline is what `echo` and most secret tools add.
                 Ok(text) => {
                     *password = Some(Secret::from(
@@ -284,6 +293,66 @@ pub(super) mod tests {
             err.to_string()
                 .contains("series.json_root: ~dicom/json: only `~` and `~/…` are expanded"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_blank_password_file_means_no_password() {
+        // The empty credential files of a site whose Redis and PostgreSQL have no password.
+        for content in ["", "\n", "\r\n", "  \t\n\n"] {
+            let redis = toml_file(content);
+            let database = toml_file(content);
+            let s = load(
+                "",
+                None,
+                &[
+                    (
+                        "DCW__REDIS__PASSWORD_FILE",
+                        &redis.path().display().to_string(),
+                    ),
+                    (
+                        "DCW__DATABASE__PASSWORD_FILE",
+                        &database.path().display().to_string(),
+                    ),
+                ],
+            )
+            .expect("valid");
+            assert!(s.redis.password.is_none(), "{content:?}");
+            assert!(s.database.password.is_none(), "{content:?}");
+        }
+        // Counts as no file: a password given otherwise still applies; an empty one does not.
+        let empty = toml_file("");
+        let empty = empty.path().display().to_string();
+        let s = load(
+            "",
+            None,
+            &[
+                ("DCW__REDIS__PASSWORD", "from-env"),
+                ("DCW__REDIS__PASSWORD_FILE", &empty),
+                ("DCW__DATABASE__PASSWORD", ""),
+                ("DCW__DATABASE__PASSWORD_FILE", &empty),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.redis.password.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert!(s.database.password.is_none());
+        // A password that merely contains spaces is kept as it is.
+        let spaced = toml_file(" pass word \n");
+        let s = load(
+            "",
+            None,
+            &[(
+                "DCW__REDIS__PASSWORD_FILE",
+                &spaced.path().display().to_string(),
+            )],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.redis.password.as_ref().map(Secret::expose),
+            Some(" pass word ")
         );
     }
 }
