@@ -82,6 +82,17 @@ pub async fn run(
     }
 }
 
+/// Resets the idle time of the window's entries (no delivery counted).
+async fn keep_in_hand(
+    services: &Services,
+    settings: &Settings,
+    window: &Window,
+) -> Result<(), BatchError> {
+    let mut con = services.redis.get().await?;
+    stream::keep_in_hand(&mut *con, &settings.stream, window.ids()).await?;
+    Ok(())
+}
+
 /// Claims and processes the group's idle entries, page by page, then deletes consumers
 /// that are gone and own nothing.
 async fn reclaim(
@@ -139,7 +150,9 @@ async fn reclaim(
 }
 
 /// Processes a window, retrying infrastructure faults with backoff until it is done or
-/// the daemon is stopping (its entries then stay pending for a later claim).
+/// the daemon is stopping (its entries then stay pending for a later claim). Entries in
+/// hand are claimed again every `claim_idle_ms / 3` so that a long window is not taken
+/// over by another consumer.
 async fn process_until_done(
     services: &Services,
     settings: &Settings,
@@ -150,8 +163,24 @@ async fn process_until_done(
     let started = Instant::now();
     let mut report = BatchReport::default();
     let mut backoff = Backoff::default();
+    let mut fresh_until = started + settings.stream.claim_idle() / 3;
+    let mut stopping_since = None;
     while !window.is_empty() {
         health.beat();
+        if cancel.is_cancelled() {
+            // Half the grace to finish the window; what is left stays pending, for another
+            // consumer to claim.
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= settings.shutdown.grace() / 2 {
+                break;
+            }
+        }
+        if Instant::now() >= fresh_until {
+            fresh_until = Instant::now() + settings.stream.claim_idle() / 3;
+            if let Err(error) = keep_in_hand(services, settings, window).await {
+                tracing::debug!(%error, "could not keep the entries in hand fresh");
+            }
+        }
         match round::process_step(services, settings, window).await {
             Ok(step) => {
                 health.up(Service::Redis);
@@ -168,15 +197,17 @@ async fn process_until_done(
             Err(error) => {
                 health.work_failed(Step::Process, error.service(), &error);
                 if cancel.is_cancelled() {
-                    tracing::warn!(
-                        entries = window.len() - report.entries,
-                        "stopping: entries left pending for another consumer"
-                    );
                     break;
                 }
                 backoff.wait(cancel).await;
             }
         }
+    }
+    if !window.is_empty() {
+        tracing::warn!(
+            entries = window.len() - report.entries,
+            "stopping: entries left pending for another consumer"
+        );
     }
     report.record(started.elapsed());
     tracing::info!(

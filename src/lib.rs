@@ -7,7 +7,8 @@
 //!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
 //!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
 //!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
-//!   series:  schedule ─▶ builder (lock, rows, convert: part10 ─▶ json) ─▶ files (atomic publish)
+//!   series:  schedule ─▶ builder (lock, rows) ─▶ files (atomic publish)
+//!            convert: instance ─▶ part10 ─▶ walk ─▶ values ─▶ document
 //! jwks:    check ─▶ fetch ─▶ refresher      monitor (probes, watchdog)      warm (backfill)
 //! observe: metrics (a leaf), health, http endpoint, telemetry
 //! shared:  ids, keys, backoff, shutdown, db (pool), redis_conn (connections)
@@ -55,8 +56,10 @@ pub use keys::JWKS as JWKS_KEY;
 pub use observe::metrics::handle as metrics_handle;
 pub use observe::telemetry::{init as init_logging, one_line};
 pub use redis_conn::{blocking_connection, command_pool, connection_info};
-pub use series::convert::json::{DocumentOptions, InstanceJson, instance_json, series_document};
-pub use series::convert::part10::read_instance;
+pub use series::convert::document::{
+    DocumentOptions, InstanceJson, instance_json, series_document,
+};
+pub use series::convert::instance::read_instance;
 pub use series::files::document_path;
 pub use series::lock::SeriesLock;
 pub use shutdown::{FORCED_EXIT_CODE, on_signals};

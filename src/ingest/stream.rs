@@ -223,6 +223,32 @@ pub async fn ack<C: ConnectionLike>(
         .await
 }
 
+/// Ids per XCLAIM when entries in hand are kept fresh: bounds each command's time in Redis.
+const CLAIM_CHUNK: usize = 1_000;
+
+/// Claims `ids` again for this consumer without counting a delivery (`XCLAIM … JUSTID`),
+/// which resets their idle time: entries still in hand are not reclaimed by another
+/// consumer while a long window is processed.
+pub async fn keep_in_hand<C: ConnectionLike>(
+    con: &mut C,
+    settings: &StreamSettings,
+    ids: impl Iterator<Item = EntryId>,
+) -> RedisResult<()> {
+    let ids: Vec<EntryId> = ids.collect();
+    let mut pipe = redis::pipe();
+    for chunk in ids.chunks(CLAIM_CHUNK) {
+        pipe.cmd("XCLAIM")
+            .arg(&settings.key)
+            .arg(&settings.group)
+            .arg(&settings.consumer)
+            .arg(0)
+            .arg(chunk)
+            .arg("JUSTID")
+            .ignore();
+    }
+    pipe.query_async(con).await
+}
+
 /// The group's work still to do, from `XINFO GROUPS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {

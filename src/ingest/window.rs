@@ -158,6 +158,17 @@ impl Window {
         entries
     }
 
+    /// The ids of every entry still in the window: its studies' and its bad entries.
+    pub fn ids(&self) -> impl Iterator<Item = EntryId> + '_ {
+        let studies = self.studies.values().flat_map(|work| {
+            std::iter::successors(Some(work.first), |&index| {
+                Some(self.next[index as usize]).filter(|&next| next != NONE)
+            })
+            .map(|index| self.ids[index as usize])
+        });
+        studies.chain(self.bad.iter().map(|bad| bad.entry.id))
+    }
+
     /// Forgets the first `count` studies, once processed.
     pub fn done(&mut self, count: usize) {
         self.studies.drain(..count);
@@ -227,8 +238,12 @@ mod tests {
             1,
             "a round holds at least one study"
         );
+        let in_hand: Vec<String> = window.ids().map(|id| id.to_string()).collect();
+        assert_eq!(in_hand, ["1-0", "2-0", "1-1", "3-0", "3-1", "4-0"]);
         window.done(1);
         assert_eq!(window.front(10, 100).len(), 1);
+        let in_hand: Vec<String> = window.ids().map(|id| id.to_string()).collect();
+        assert_eq!(in_hand, ["1-1", "3-0", "3-1", "4-0"]);
         window.done(1);
         window.bad_done();
         assert!(window.is_empty());

@@ -69,7 +69,7 @@ pub struct Health {
     /// Entries wait (lag or pending), as last read.
     waiting: AtomicBool,
     /// Why each step failed last, until it succeeds.
-    work_faults: Mutex<[Option<String>; 3]>,
+    work_faults: Mutex<[Option<(Service, String)>; 3]>,
     /// Whether the identity provider's key set is cached; `None` with JWKS off.
     key_set: Mutex<Option<bool>>,
 }
@@ -135,21 +135,20 @@ impl Health {
     /// was not failing, or fails for another reason now.
     pub fn work_failed(&self, step: Step, service: Service, error: &dyn fmt::Display) {
         metrics::connection_error(service.label());
-        let reason = format!("{service}: {error}");
-        let fault = &mut self.work_faults.lock().expect("health lock")[step as usize];
-        if fault.as_deref() != Some(reason.as_str()) {
+        let fault = Some((service, error.to_string()));
+        let mut faults = self.work_faults.lock().expect("health lock");
+        if faults[step as usize] != fault {
             tracing::warn!(?step, %service, %error, "failed; retrying with backoff, entries stay pending");
-            *fault = Some(reason);
+            faults[step as usize] = fault;
         }
     }
 
     /// Records a step of the work that succeeded.
     pub fn work_ok(&self, step: Step) {
-        if self.work_faults.lock().expect("health lock")[step as usize]
-            .take()
-            .is_some()
+        if let Some((service, _)) =
+            self.work_faults.lock().expect("health lock")[step as usize].take()
         {
-            tracing::info!(?step, "works again");
+            tracing::info!(?step, %service, "works again");
         }
     }
 
@@ -176,7 +175,7 @@ impl Health {
             .flatten()
             .next()
         {
-            return Err(format!("the work in hand fails: {fault}"));
+            return Err(format!("the work in hand fails: {}: {}", fault.0, fault.1));
         }
         for service in Service::ALL {
             match self.state(service).load(Ordering::Relaxed) {

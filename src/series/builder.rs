@@ -16,8 +16,8 @@ use crate::db;
 use crate::ids::Uid;
 use crate::keys;
 use crate::observe::{metrics, telemetry};
-use crate::series::convert::json::{self, DocumentOptions};
-use crate::series::convert::part10::read_instance;
+use crate::series::convert::document::{DocumentOptions, series_document};
+use crate::series::convert::instance::read_instance;
 use crate::series::files::{self, document_path};
 use crate::series::lock::{LOCK_RENEW_EVERY, SeriesLock};
 use crate::series::rows::{self, JsonStatus, SeriesRow};
@@ -45,7 +45,7 @@ pub enum BuildFailure {
     NoInstances(PathBuf),
     /// An instance file is missing or cannot be parsed.
     #[error("{0}")]
-    File(#[from] crate::series::convert::part10::InstanceFileError),
+    File(#[from] crate::series::convert::instance::InstanceFileError),
     /// The series folder cannot be listed.
     #[error("list {path}: {source}")]
     ListFolder {
@@ -331,7 +331,7 @@ impl Builder {
             }
         }
         let count = instances.len();
-        Ok(Ok((json::series_document(instances), count)))
+        Ok(Ok((series_document(instances), count)))
     }
 
     /// The files of the instances the database lists, or every `.dcm` file of the folder

@@ -134,11 +134,12 @@ impl LogFigures {
             "deleted idle consumers that owned no entries" => {
                 self.consumers_deleted += count("consumers");
             }
-            _ if message.starts_with("unreachable") => {
+            // The monitor's probes, and the work's own failures.
+            _ if message.starts_with("unreachable") || message.starts_with("failed; retrying") => {
                 self.unreachable
                     .push((text("service").to_owned(), Instant::now()));
             }
-            "reachable again" => {
+            "reachable again" | "works again" => {
                 self.reachable_again
                     .push((text("service").to_owned(), Instant::now()));
             }

@@ -783,7 +783,11 @@ async fn a_deleted_study_loses_its_series_documents_and_their_copies() {
     let daemon = env.start_daemon();
     wait_for("the document", || async { series.document().exists() }).await;
     let copy = keys::series_metadata(&series.tenant, &series.series);
-    assert!(env.get(&copy).await.is_some());
+    // The copy is written just after the file is renamed into place.
+    wait_for("its Redis copy", || async {
+        env.get(&copy).await.is_some()
+    })
+    .await;
 
     sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
         .bind(series.tenant.as_str())
