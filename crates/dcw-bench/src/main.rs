@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - `main`: the command line and the dispatch to one module per subcommand.
-//! - `load`: the synthetic dataset's flags (shared by `drain` and `latency`) and `load`.
+//! - `load`: the synthetic dataset's flags (shared by `drain` and `latency`) and `load`,
+//!   which can also write the instances' files in the server's layout.
 //! - `scratch`: the database, streams and tenant ids of one run, removed afterwards.
 //! - `daemon`: the daemon under test, as the release binary or in this process; its
 //!   counters, peak memory and graceful stop.
@@ -49,8 +50,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Insert the studies into the configured database and publish one event per
-    /// instance to the configured stream.
-    Load(load::DatasetArgs),
+    /// instance to the configured stream; with --series-root, also write their instance
+    /// files for series documents.
+    Load(load::LoadArgs),
     /// On a scratch database and stream: load, let the daemon drain the backlog, then a
     /// plain per-event worker drain the same events; check every study key after each,
     /// print the figures, clean up.
