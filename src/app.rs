@@ -115,7 +115,10 @@ async fn run_until(
 /// that does not answer in time is checked by the builds themselves.
 async fn check_record_grant(settings: &Settings, db: &sqlx::PgPool) -> anyhow::Result<()> {
     let timeout = settings.database.connect_timeout();
-    match tokio::time::timeout(timeout, rows::check_record_grant(db)).await {
+    let check = db::run(&settings.database, db, async |con| {
+        rows::check_record_grant(con).await
+    });
+    match tokio::time::timeout(timeout, check).await {
         Ok(Err(error)) if error.downcast_ref::<sqlx::Error>().is_none() => Err(error),
         Ok(Err(error)) => {
             tracing::warn!(error = %one_line(error.as_ref()), "series.record_status: could not check the grant on dicom_json_meta");
