@@ -9,6 +9,7 @@ mod endpoint;
 mod helpers;
 mod jwks;
 mod parser_props;
+mod pgbouncer;
 mod private_postgres;
 mod reliability;
 mod security;
