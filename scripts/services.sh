@@ -2,7 +2,8 @@
 # Makes sure the Redis and PostgreSQL named by DCW__REDIS__URL and DCW__DATABASE__URL answer.
 # When one does not and its host is this machine (127.0.0.1, localhost, ::1), starts a private
 # instance on that port with its data under .dev/, installing redis-server or postgresql with
-# apt-get first (through sudo when not root) when they are missing.
+# apt-get first (through sudo when not root) when they are missing. Also installs pgbouncer
+# when missing: the PgBouncer tests start private ones (and skip, saying so, without it).
 #
 #   source scripts/services.sh   # from another script: ensure the services, export the URLs
 #   scripts/services.sh          # ensure the services and print the URLs (passwords hidden)
@@ -439,6 +440,23 @@ _dcw_ensure_postgres() {
     _dcw_say "postgres: using $shown ($how)"
 }
 
+# ------------------------------------------------------------------------------------ pgbouncer
+
+# The tests start their own pgbouncer processes; only the program is needed. Debian's package
+# also enables a system service on 127.0.0.1:6432 where systemd runs; the tests do not use it.
+# A failed install is not fatal: those tests then skip and say why.
+_dcw_ensure_pgbouncer() {
+    local how='installed'
+    if ! command -v pgbouncer >/dev/null 2>&1 && [[ ! -x /usr/sbin/pgbouncer ]]; then
+        if ! _dcw_apt_install pgbouncer; then
+            _dcw_say "pgbouncer: not installed; the PgBouncer tests will skip"
+            return 0
+        fi
+        how='just installed'
+    fi
+    _dcw_say "pgbouncer: $how, for the PgBouncer tests"
+}
+
 # ----------------------------------------------------------------------------------------- stop
 
 _dcw_stop() {
@@ -463,7 +481,7 @@ _dcw_stop() {
 }
 
 _dcw_services_main() {
-    _dcw_ensure_redis && _dcw_ensure_postgres
+    _dcw_ensure_redis && _dcw_ensure_postgres && _dcw_ensure_pgbouncer
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -54,7 +54,9 @@ async fn run_until(
         refuse_without_grant(
             &settings,
             "series.record_status: could not check the grant on dicom_json_meta",
-            rows::check_record_grant(&services.db),
+            db::run(&settings.database, &services.db, async |con| {
+                rows::check_record_grant(con).await
+            }),
         )
         .await?;
     }

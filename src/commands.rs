@@ -120,10 +120,14 @@ async fn check_redis(settings: &Settings) -> anyhow::Result<String> {
 
 async fn check_database(settings: &Settings) -> anyhow::Result<String> {
     let mut con = db::connect(&settings.database).await?;
-    sqlx::query("SELECT 1 FROM dicom_state_meta LIMIT 1")
-        .execute(&mut con)
-        .await
-        .context("read dicom_state_meta (run `dicom-cache-warmer migrate` on a new database)")?;
+    db::run_on(&settings.database, &mut con, async |con| {
+        sqlx::query("SELECT 1 FROM dicom_state_meta LIMIT 1")
+            .persistent(false)
+            .execute(con)
+            .await
+    })
+    .await
+    .context("read dicom_state_meta (run `dicom-cache-warmer migrate` on a new database)")?;
     Ok(format!(
         "{}, dicom_state_meta readable",
         settings.database.url
@@ -132,7 +136,10 @@ async fn check_database(settings: &Settings) -> anyhow::Result<String> {
 
 async fn check_record_grant(settings: &Settings) -> anyhow::Result<String> {
     let mut con = db::connect(&settings.database).await?;
-    rows::check_record_grant(&mut con).await?;
+    db::run_on(&settings.database, &mut con, async |con| {
+        rows::check_record_grant(con).await
+    })
+    .await?;
     Ok("dicom_json_meta writable".into())
 }
 

@@ -1,5 +1,11 @@
-//! PostgreSQL: the connection options, the lazy pool, one-off connections, the client-side
-//! deadline of every query and the embedded migrations.
+//! PostgreSQL: the connection options, the lazy pool, one-off connections, the one way every
+//! query runs (under the server's statement timeout and a client-side deadline) and the
+//! embedded migrations.
+//!
+//! Every query is prepared unnamed (`.persistent(false)`): a statement prepared under a name
+//! lives on one server connection, and a transaction-pooling PgBouncer (before 1.21, or
+//! without `max_prepared_statements`) gives the next transaction another one. An unnamed
+//! statement is prepared in the transaction that runs it, for one more round trip per query.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,19 +14,29 @@ use anyhow::Context;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, StatementTimeoutVia};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Connection options from the settings, with the server-side statement timeout.
+/// How PgBouncer, in its default configuration, refuses a startup parameter it does not track
+/// (`options`, and sqlx's `extra_float_digits`).
+const PGBOUNCER_REFUSAL: &str = "unsupported startup parameter";
+
+/// Connection options from the settings; with `statement_timeout_via = "startup"`, they carry
+/// the server-side statement timeout.
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
-    let options = PgConnectOptions::from_str(settings.url.expose())?
-        .application_name("dicom-cache-warmer")
-        .options([(
+    let options =
+        PgConnectOptions::from_str(settings.url.expose())?.application_name("dicom-cache-warmer");
+    let options = match settings.statement_timeout_via {
+        StatementTimeoutVia::Startup => options.options([(
             "statement_timeout",
             format!("{}ms", settings.statement_timeout_ms),
-        )]);
+        )]),
+        // PgBouncer also refuses sqlx's `extra_float_digits` startup parameter unless told to
+        // ignore it; it only shapes floats in text results, and ours are binary.
+        StatementTimeoutVia::Transaction => options.extra_float_digits(None),
+    };
     Ok(match &settings.password {
         Some(password) => options.password(password.expose()),
         None => options,
@@ -35,18 +51,78 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(connect_options(settings)?))
 }
 
-/// Runs `query` within `settings.query_deadline()`: a connection that stops answering
-/// without closing (a black hole) then fails the query, rather than holding it until the
-/// kernel gives up on the connection a quarter of an hour later. The server's statement
-/// timeout never reaches a query lost on the way.
-pub async fn bounded<T>(
+/// Runs `query` on a connection from `pool`, under the statement timeout and within the
+/// client deadline (see [`run_on`]).
+pub async fn run<T, E>(
     settings: &DatabaseSettings,
-    query: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
+    pool: &PgPool,
+    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    bounded(settings, async {
+        let mut con = pool.acquire().await.map_err(explain)?;
+        with_statement_timeout(settings, &mut con, query).await
+    })
+    .await
+}
+
+/// Runs `query` on `con` under the server's statement timeout, within
+/// `settings.query_deadline()`: a connection that stops answering without closing (a black
+/// hole) then fails the query, rather than holding it until the kernel gives up on the
+/// connection a quarter of an hour later. The server's statement timeout never reaches a
+/// query lost on the way.
+pub async fn run_on<T, E>(
+    settings: &DatabaseSettings,
+    con: &mut PgConnection,
+    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    bounded(settings, with_statement_timeout(settings, con, query)).await
+}
+
+/// With `statement_timeout_via = "transaction"`, one simple-query message opens the
+/// transaction and sets the timeout for it alone (one round trip), and COMMIT closes it (one
+/// more); the setting never outlives the transaction, so nothing leaks to the pooler's other
+/// clients. A query that fails leaves the transaction to sqlx, which rolls it back before the
+/// connection is used again.
+async fn with_statement_timeout<T, E>(
+    settings: &DatabaseSettings,
+    con: &mut PgConnection,
+    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    match settings.statement_timeout_via {
+        StatementTimeoutVia::Startup => query(con).await,
+        StatementTimeoutVia::Transaction => {
+            let begin = format!(
+                "BEGIN; SET LOCAL statement_timeout = '{}ms'",
+                settings.statement_timeout_ms
+            );
+            let mut tx = con.begin_with(begin).await?;
+            let value = query(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+    }
+}
+
+async fn bounded<T, E>(
+    settings: &DatabaseSettings,
+    query: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
     let deadline = settings.query_deadline();
     tokio::time::timeout(deadline, query)
         .await
-        .unwrap_or_else(|_| Err(no_answer(deadline)))
+        .unwrap_or_else(|_| Err(no_answer(deadline).into()))
 }
 
 fn no_answer(deadline: Duration) -> sqlx::Error {
@@ -66,5 +142,23 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgConnection
     )
     .await
     .context("connect to postgres: timed out")?
+    .map_err(explain)
     .with_context(|| format!("connect to {}", settings.url))
+}
+
+/// `error`, naming the setting to change when it is PgBouncer refusing a startup parameter.
+pub fn explain(error: sqlx::Error) -> sqlx::Error {
+    match error.as_database_error() {
+        Some(refusal) if refusal.message().starts_with(PGBOUNCER_REFUSAL) => {
+            sqlx::Error::Configuration(
+                format!(
+                    "{}: behind PgBouncer, set database.statement_timeout_via = \"transaction\" \
+                     (DCW__DATABASE__STATEMENT_TIMEOUT_VIA=transaction)",
+                    refusal.message()
+                )
+                .into(),
+            )
+        }
+        _ => error,
+    }
 }

@@ -37,7 +37,10 @@ pub async fn run(
             () = cancel.cancelled() => break,
         }
         probe_redis(&settings, &health, &redis).await;
-        match db::bounded(&settings.database, sqlx::query("SELECT 1").execute(&db)).await {
+        let probe = db::run(&settings.database, &db, async |con| {
+            sqlx::query("SELECT 1").persistent(false).execute(con).await
+        });
+        match probe.await {
             Ok(_) => health.up(Service::Database),
             Err(error) => health.down(Service::Database, &error),
         }

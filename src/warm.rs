@@ -140,9 +140,11 @@ pub async fn run(
     };
     let mut summary = WarmSummary {
         selected: u64::try_from(
-            db::bounded(&settings.database, query::count_studies(&db, &filter))
-                .await
-                .context("count the studies")?,
+            db::run(&settings.database, &db, async |con| {
+                query::count_studies(con, &filter).await
+            })
+            .await
+            .context("count the studies")?,
         )
         .unwrap_or(0),
         ..WarmSummary::default()
@@ -161,10 +163,11 @@ pub async fn run(
             summary.interrupted = true;
             break;
         }
-        let page = query::list_studies(&db, &filter, &after, args.page_size as usize);
-        let page = db::bounded(&settings.database, page)
-            .await
-            .context("list the studies")?;
+        let page = db::run(&settings.database, &db, async |con| {
+            query::list_studies(con, &filter, &after, args.page_size as usize).await
+        })
+        .await
+        .context("list the studies")?;
         let Some(last) = page.last() else { break };
         after = last.clone();
         listed += page.len() as u64;

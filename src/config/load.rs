@@ -131,6 +131,7 @@ impl Settings {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::config::StatementTimeoutVia;
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -198,6 +199,41 @@ pub(super) mod tests {
     fn a_value_of_the_wrong_type_names_its_key() {
         let err = load("", None, &[("DCW__STREAM__CLAIM_IDLE_MS", "soon")]).expect_err("invalid");
         assert!(err.to_string().contains("stream.claim_idle_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_statement_timeout_goes_by_startup_parameter_or_transaction_and_nothing_else() {
+        let s = load("", None, &[]).expect("defaults are valid");
+        assert_eq!(
+            s.database.statement_timeout_via,
+            StatementTimeoutVia::Startup
+        );
+        let s = load(
+            "[database]\nstatement_timeout_via = \"transaction\"\n",
+            None,
+            &[],
+        )
+        .expect("transaction is valid");
+        assert_eq!(
+            s.database.statement_timeout_via,
+            StatementTimeoutVia::Transaction
+        );
+        assert!(
+            s.to_redacted_toml()
+                .contains("statement_timeout_via = \"transaction\""),
+            "check-config shows it"
+        );
+        for value in ["none", "Transaction", "session"] {
+            let err = load("", None, &[("DCW__DATABASE__STATEMENT_TIMEOUT_VIA", value)])
+                .expect_err("invalid");
+            assert_eq!(
+                err.0,
+                [format!(
+                    "unknown value `{value}`, expected `startup` or `transaction` (behind \
+                     PgBouncer) for key `database.statement_timeout_via`"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -97,6 +97,35 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
     /// Server-side `statement_timeout`, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// How the statement timeout reaches the server.
+    pub statement_timeout_via: StatementTimeoutVia,
+}
+
+/// How the server-side statement timeout reaches PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum StatementTimeoutVia {
+    /// The `options` startup parameter of every connection, at no cost per query; PgBouncer
+    /// refuses it.
+    #[default]
+    Startup,
+    /// `SET LOCAL` at the start of a transaction around each query, which a
+    /// transaction-pooling PgBouncer keeps on one server connection.
+    Transaction,
+}
+
+impl TryFrom<String> for StatementTimeoutVia {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "startup" => Ok(Self::Startup),
+            "transaction" => Ok(Self::Transaction),
+            _ => Err(format!(
+                "unknown value `{value}`, expected `startup` or `transaction` (behind PgBouncer)"
+            )),
+        }
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -108,6 +137,7 @@ impl Default for DatabaseSettings {
             max_connections: 4,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 10_000,
+            statement_timeout_via: StatementTimeoutVia::Startup,
         }
     }
 }

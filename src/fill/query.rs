@@ -2,7 +2,7 @@
 //! keyset-paginated study list of the `warm` backfill.
 
 use chrono::NaiveDate;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::fill::study::DicomStateMeta;
 use crate::ids::{TenantId, Uid};
@@ -35,7 +35,7 @@ struct VersionedRow {
 /// Rows lacking `created_time` or `updated_time` (which the server always sets) are left
 /// out, so the cache never holds a value the server's type cannot read.
 pub async fn fetch_studies(
-    pool: &PgPool,
+    con: &mut PgConnection,
     studies: &[(&TenantId, &Uid)],
 ) -> Result<StudySnapshot, sqlx::Error> {
     let (tenants, uids): (Vec<&str>, Vec<&str>) = studies
@@ -58,7 +58,8 @@ pub async fn fetch_studies(
     )
     .bind(&tenants)
     .bind(&uids)
-    .fetch_all(pool)
+    .persistent(false)
+    .fetch_all(&mut *con)
     .await?;
     let version = match rows.first() {
         Some(row) => row.version,
@@ -66,7 +67,8 @@ pub async fn fetch_studies(
         // than the snapshot that found nothing.
         None => {
             sqlx::query_scalar("SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::int8")
-                .fetch_one(pool)
+                .persistent(false)
+                .fetch_one(con)
                 .await?
         }
     };
@@ -88,7 +90,10 @@ pub struct StudyFilter {
 }
 
 /// Counts the studies the filter selects.
-pub async fn count_studies(pool: &PgPool, filter: &StudyFilter) -> Result<i64, sqlx::Error> {
+pub async fn count_studies(
+    con: &mut PgConnection,
+    filter: &StudyFilter,
+) -> Result<i64, sqlx::Error> {
     let sql = format!(
         "SELECT count(*) FROM (SELECT DISTINCT tenant_id, study_uid FROM dicom_state_meta WHERE {FILTER}) s"
     );
@@ -96,14 +101,15 @@ pub async fn count_studies(pool: &PgPool, filter: &StudyFilter) -> Result<i64, s
         .bind(&filter.tenants)
         .bind(filter.from)
         .bind(filter.to)
-        .fetch_one(pool)
+        .persistent(false)
+        .fetch_one(con)
         .await
 }
 
 /// The next `limit` (tenant, study) pairs the filter selects after `after`, in key order
 /// (keyset pagination on the primary key).
 pub async fn list_studies(
-    pool: &PgPool,
+    con: &mut PgConnection,
     filter: &StudyFilter,
     after: &(String, String),
     limit: usize,
@@ -120,6 +126,7 @@ pub async fn list_studies(
         .bind(&after.0)
         .bind(&after.1)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(pool)
+        .persistent(false)
+        .fetch_all(con)
         .await
 }

@@ -61,7 +61,10 @@ pub async fn plan(
     }
     let keys: Vec<(&TenantId, &Uid)> = studies.iter().map(|(t, s, _, _)| (*t, *s)).collect();
     let started = Instant::now();
-    let snapshot = db::bounded(&settings.database, query::fetch_studies(db, &keys)).await?;
+    let snapshot = db::run(&settings.database, db, async |con| {
+        query::fetch_studies(con, &keys).await
+    })
+    .await?;
     metrics::db_query(started.elapsed());
     let rows_by_study: HashMap<(&str, &str), &[study::DicomStateMeta]> =
         study::by_study(&snapshot.rows)

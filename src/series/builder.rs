@@ -247,10 +247,9 @@ impl Builder {
         lease: i64,
         lock: &SeriesLock,
     ) -> Result<BuildOutcome, BuildError> {
-        let Some(row) = db::bounded(
-            &self.settings.database,
-            rows::series_row(&self.db, &series.tenant, &series.study, &series.series),
-        )
+        let Some(row) = db::run(&self.settings.database, &self.db, async |con| {
+            rows::series_row(con, &series.tenant, &series.study, &series.series).await
+        })
         .await?
         else {
             return Ok(BuildOutcome::Gone);
@@ -341,10 +340,9 @@ impl Builder {
         series: &SeriesRef,
         folder: &Path,
     ) -> Result<Result<Vec<PathBuf>, BuildFailure>, BuildError> {
-        let sops = db::bounded(
-            &self.settings.database,
-            rows::series_instances(&self.db, &series.tenant, &series.study, &series.series),
-        )
+        let sops = db::run(&self.settings.database, &self.db, async |con| {
+            rows::series_instances(con, &series.tenant, &series.study, &series.series).await
+        })
         .await?;
         if !sops.is_empty() {
             let mut files = Vec::with_capacity(sops.len());
@@ -429,15 +427,18 @@ impl Builder {
         status: JsonStatus,
     ) -> Result<(), BuildError> {
         if self.settings.series.record_status {
-            let record = rows::record_json_status(
-                &self.db,
-                &series.tenant,
-                &series.study,
-                &series.series,
-                row,
-                status,
-            );
-            db::bounded(&self.settings.database, record).await?;
+            db::run(&self.settings.database, &self.db, async |con| {
+                rows::record_json_status(
+                    con,
+                    &series.tenant,
+                    &series.study,
+                    &series.series,
+                    row,
+                    status,
+                )
+                .await
+            })
+            .await?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The series queries of a build: the series' row, its instances, and the server's
 //! `dicom_json_meta` bookkeeping.
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::ids::{TenantId, Uid};
 
@@ -20,7 +20,7 @@ pub struct SeriesRow {
 
 /// The series' row, `None` when the series is not (or no longer) in the database.
 pub async fn series_row(
-    pool: &PgPool,
+    con: &mut PgConnection,
     tenant: &TenantId,
     study: &Uid,
     series: &Uid,
@@ -32,13 +32,14 @@ pub async fn series_row(
     .bind(tenant.as_str())
     .bind(study.as_str())
     .bind(series.as_str())
-    .fetch_optional(pool)
+    .persistent(false)
+    .fetch_optional(con)
     .await
 }
 
 /// The SOP Instance UIDs the database lists for the series.
 pub async fn series_instances(
-    pool: &PgPool,
+    con: &mut PgConnection,
     tenant: &TenantId,
     study: &Uid,
     series: &Uid,
@@ -49,18 +50,20 @@ pub async fn series_instances(
     .bind(tenant.as_str())
     .bind(study.as_str())
     .bind(series.as_str())
-    .fetch_all(pool)
+    .persistent(false)
+    .fetch_all(con)
     .await
 }
 
 /// Checks that the role may record builds (`series.record_status`); the error names the
 /// missing grant and the setting that turns recording off.
-pub async fn check_record_grant<'e>(db: impl sqlx::PgExecutor<'e>) -> anyhow::Result<()> {
+pub async fn check_record_grant(con: &mut PgConnection) -> anyhow::Result<()> {
     let (allowed, role): (bool, String) = sqlx::query_as(
         "SELECT has_table_privilege('dicom_json_meta', 'INSERT')
                 AND has_table_privilege('dicom_json_meta', 'UPDATE'), current_user::text",
     )
-    .fetch_one(db)
+    .persistent(false)
+    .fetch_one(con)
     .await?;
     anyhow::ensure!(
         allowed,
@@ -84,7 +87,7 @@ pub enum JsonStatus {
 
 /// Upserts the server's `dicom_json_meta` row of the series.
 pub async fn record_json_status(
-    pool: &PgPool,
+    con: &mut PgConnection,
     tenant: &TenantId,
     study: &Uid,
     series: &Uid,
@@ -111,7 +114,8 @@ pub async fn record_json_status(
     .bind(&row.study_date_origin)
     .bind(flag_time)
     .bind(code)
-    .execute(pool)
+    .persistent(false)
+    .execute(con)
     .await?;
     Ok(())
 }

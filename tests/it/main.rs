@@ -10,6 +10,7 @@ mod helpers;
 mod jwks;
 mod outbox;
 mod parser_props;
+mod pgbouncer;
 mod private_postgres;
 mod reliability;
 mod security;
