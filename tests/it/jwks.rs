@@ -633,7 +633,10 @@ async fn readiness_fails_while_no_key_set_is_cached_and_says_why() {
     let exported = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(exported.path(), &metrics).expect("write the metrics");
     let checked = tokio::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-dashboard.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/check-dashboard.py"
+        ))
         .arg(exported.path())
         .output()
         .await
