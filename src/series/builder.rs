@@ -19,7 +19,7 @@ use crate::observe::{metrics, telemetry};
 use crate::series::convert::json::{self, DocumentOptions};
 use crate::series::convert::part10::read_instance;
 use crate::series::files::{self, document_path};
-use crate::series::lock::{LOCK_RENEW_EVERY, SeriesLock};
+use crate::series::lock::SeriesLock;
 use crate::series::rows::{self, JsonStatus, SeriesRow};
 use crate::series::schedule::{Schedule, SeriesRef};
 
@@ -228,7 +228,9 @@ impl Builder {
             return Ok(BuildOutcome::Busy);
         };
         drop(con);
-        let outcome = self.build_locked(series, lease, &lock).await;
+        // The lease in hand: renewed while the build runs, and the one completed.
+        let mut lease = lease;
+        let outcome = self.build_locked(series, &mut lease, &lock).await;
         let mut con = self.redis.get().await?;
         let still_held = lock.release(&mut *con).await?;
         let outcome = outcome?;
@@ -240,11 +242,12 @@ impl Builder {
         Ok(outcome)
     }
 
-    /// The build proper, renewing the lock (and the schedule lease) while it runs.
+    /// The build proper, renewing the lock and the schedule lease (`lease`, updated) while
+    /// it runs.
     async fn build_locked(
         &self,
         series: &SeriesRef,
-        lease: i64,
+        lease: &mut i64,
         lock: &SeriesLock,
     ) -> Result<BuildOutcome, BuildError> {
         let Some(row) = db::bounded(
@@ -257,11 +260,8 @@ impl Builder {
         };
         let document = self.document(series, &row);
         tokio::pin!(document);
-        let mut renew = tokio::time::interval_at(
-            tokio::time::Instant::now() + LOCK_RENEW_EVERY,
-            LOCK_RENEW_EVERY,
-        );
-        let mut lease = lease;
+        let every = self.settings.series.lock_renew();
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let document = loop {
             tokio::select! {
                 document = &mut document => break document?,
@@ -270,8 +270,8 @@ impl Builder {
                     if !lock.renew(&mut *con).await? {
                         return Ok(BuildOutcome::LockLost);
                     }
-                    if let Some(renewed) = self.schedule.move_leased(&mut *con, series, lease, SCHEDULE_LEASE.as_millis() as u64).await? {
-                        lease = renewed;
+                    if let Some(renewed) = self.schedule.move_leased(&mut *con, series, *lease, SCHEDULE_LEASE.as_millis() as u64).await? {
+                        *lease = renewed;
                     }
                 }
             }

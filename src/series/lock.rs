@@ -12,8 +12,6 @@ use crate::keys;
 
 /// The lease: far below the server's own 600 s, so a crashed builder blocks little.
 pub const LOCK_LEASE: Duration = Duration::from_secs(30);
-/// How often a running build renews its lease.
-pub const LOCK_RENEW_EVERY: Duration = Duration::from_secs(10);
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when taken.
 const ACQUIRE: &str = r"

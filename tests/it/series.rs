@@ -140,6 +140,30 @@ impl SeriesFixture {
         pipe.query_async::<()>(&mut con).await.expect("publish");
     }
 
+    /// The file of instance `index` in the server's storage layout.
+    pub(crate) fn instance_file(&self, env: &TestEnv, index: usize) -> PathBuf {
+        env.settings
+            .series
+            .dicom_root
+            .clone()
+            .expect("root")
+            .join(self.tenant.as_str())
+            .join(&self.date)
+            .join(self.study.as_str())
+            .join(self.series.as_str())
+            .join(format!("{}.dcm", self.sops[index]))
+    }
+
+    /// The series' score in the build schedule (its due time or lease, ms), if scheduled.
+    async fn schedule_score(&self, env: &TestEnv) -> Option<i64> {
+        redis::cmd("ZSCORE")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .arg(format!("{}/{}/{}", self.tenant, self.study, self.series))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZSCORE")
+    }
+
     async fn builds(&self, env: &TestEnv) -> i64 {
         sqlx::query_scalar(
             "SELECT COALESCE(max(retry_times), 0)::int8 FROM dicom_json_meta WHERE series_uid = $1",
@@ -222,6 +246,58 @@ async fn webworker_selects(env: &TestEnv) -> Vec<String> {
     .iter()
     .map(|row| sqlx::Row::get(row, "series_uid"))
     .collect()
+}
+
+/// An instance file replaced by a FIFO: a build reading it blocks until the test feeds it
+/// the file's bytes, or for good (a read stuck on storage). When dropped, passed or failed,
+/// it gives every reader still blocked on it an end of file, so that no thread of a build
+/// outlives the test (the test's runtime waits for them).
+struct Fifo {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Fifo {
+    fn in_place_of(path: PathBuf) -> Self {
+        let bytes = std::fs::read(&path).expect("fixture bytes");
+        std::fs::remove_file(&path).expect("remove");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        Self { path, bytes }
+    }
+
+    /// Writes the file's bytes into it, once a build opens it.
+    async fn feed(&self) {
+        let (path, bytes) = (self.path.clone(), self.bytes.clone());
+        tokio::task::spawn_blocking(move || std::fs::write(&path, bytes))
+            .await
+            .expect("writer")
+            .expect("write the pipe");
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK on Linux: opening for writing fails at once (ENXIO) when nobody reads.
+        const O_NONBLOCK: i32 = 0o4000;
+        let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+        while std::time::Instant::now() < deadline {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(&self.path);
+            if opened.is_err() {
+                return;
+            }
+            // Closed again: readers that opened meanwhile read the end of the file.
+            drop(opened);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn read_document(path: &Path) -> Vec<serde_json::Value> {
@@ -889,4 +965,35 @@ async fn pending_deliveries(env: &TestEnv) -> Option<u64> {
         [(_, _, _, deliveries)] => Some(*deliveries),
         _ => None,
     }
+}
+
+#[tokio::test]
+async fn a_build_that_outlasts_a_lock_renewal_is_taken_off_the_schedule_and_built_once() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    // Renewals every 50 ms rather than 10 s: the build below outlasts several.
+    env.settings.series.lock_renew_ms = 50;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&lock_key).await.is_some()
+    })
+    .await;
+    let leased = series.schedule_score(&env).await.expect("leased");
+    wait_for("the schedule lease to be renewed", || async {
+        series
+            .schedule_score(&env)
+            .await
+            .is_some_and(|score| score != leased)
+    })
+    .await;
+    fifo.feed().await;
+
+    // Completed with the renewed lease: off the schedule, not built again a minute later.
+    wait_for_empty_schedule(&env).await;
+    daemon.stop().await;
+    assert_eq!(series.builds(&env).await, 1, "built exactly once");
+    assert_eq!(read_document(&series.document()).len(), 3);
 }
