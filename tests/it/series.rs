@@ -997,3 +997,159 @@ async fn a_build_that_outlasts_a_lock_renewal_is_taken_off_the_schedule_and_buil
     assert_eq!(series.builds(&env).await, 1, "built exactly once");
     assert_eq!(read_document(&series.document()).len(), 3);
 }
+
+#[tokio::test]
+async fn the_servers_plain_set_during_a_build_takes_the_lock_and_is_left_alone() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The server's webworker, as it does it: SET "1" EX 600, no NX, no owner.
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("SET");
+    fifo.feed().await;
+
+    wait_for("the build to give up its owner token", || async {
+        env.get(&owner_key).await.is_none()
+    })
+    .await;
+    daemon.stop().await;
+    assert!(
+        !series.document().exists(),
+        "nothing published under the server's lock"
+    );
+    assert_eq!(series.builds(&env).await, 0);
+    assert_eq!(
+        env.get(&lock_key).await.as_deref(),
+        Some("1"),
+        "the server's key is not deleted"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&lock_key)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 500_000,
+        "the server's 600 s are not shortened: {ttl} ms"
+    );
+}
+
+#[tokio::test]
+async fn the_servers_blind_delete_during_a_build_loses_the_lock() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The server's webworker ends its own build with a DEL of the flag, whoever holds it.
+    let _: () = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("DEL");
+    fifo.feed().await;
+
+    wait_for("the build to give up its owner token", || async {
+        env.get(&owner_key).await.is_none()
+    })
+    .await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "nothing published");
+    assert_eq!(series.builds(&env).await, 0);
+    assert!(
+        series.schedule_score(&env).await.is_some(),
+        "the series stays scheduled"
+    );
+}
+
+#[tokio::test]
+async fn a_lock_evicted_or_set_again_by_the_server_is_lost_and_left_alone() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::parse(&format!("{}0", env.tenant_prefix)).expect("tenant");
+    let series = Uid::parse("1.2.3.6").expect("uid");
+    let (lock_key, owner_key) = (
+        keys::series_lock(&tenant, &series),
+        keys::series_lock_owner(&tenant, &series),
+    );
+    let copy = keys::series_metadata(&tenant, &series);
+    let mut con = env.redis.clone();
+    let pttl = |key: String| {
+        let mut con = env.redis.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut con)
+                .await
+                .expect("PTTL")
+        }
+    };
+
+    // Memory pressure evicts the lock key alone; the owner key stays.
+    let lock = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let _: () = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut con)
+        .await
+        .expect("evict");
+    assert!(!lock.renew(&mut con).await.expect("renew"), "lost");
+    assert!(
+        !lock
+            .set_if_held(&mut con, &copy, b"[]", 60)
+            .await
+            .expect("set"),
+        "nothing written without the lock"
+    );
+    assert_eq!(env.get(&copy).await, None);
+    assert!(!lock.release(&mut con).await.expect("release"), "lost");
+    assert_eq!(env.get(&owner_key).await, None, "our token is cleared");
+
+    // The server's plain SET over our lock: its 600 s, its value, and ours no more.
+    let lock = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free again");
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    assert!(!lock.renew(&mut con).await.expect("renew"), "lost");
+    assert!(pttl(lock_key.clone()).await > 500_000, "not shortened");
+    assert!(
+        !lock
+            .set_if_held(&mut con, &copy, b"[]", 60)
+            .await
+            .expect("set"),
+        "nothing written under the server's lock"
+    );
+    assert!(!lock.release(&mut con).await.expect("release"), "lost");
+    assert_eq!(env.get(&lock_key).await.as_deref(), Some("1"), "left alone");
+    assert!(pttl(lock_key.clone()).await > 500_000, "left alone");
+    assert_eq!(env.get(&owner_key).await, None, "our token is cleared");
+}
