@@ -35,6 +35,8 @@ const BUSY_RETRY: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_secs(5);
 /// The longest wait before a build that failed for a passing reason is tried again.
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Temporary documents older than this are left over (a crash, an abandoned write).
+const STALE_TEMPORARY: Duration = Duration::from_secs(3_600);
 
 /// Why a build produced no document; the series is recorded as failed and not retried
 /// until a new event arrives.
@@ -215,6 +217,7 @@ impl Builder {
     /// fires; builds in hand then get half of `shutdown.grace_secs` to finish, and are
     /// abandoned after that (their locks released, their series left due).
     pub async fn run(self, cancel: CancellationToken) {
+        self.sweep_temporaries(&cancel);
         let max = self.settings.series.max_concurrent_builds;
         let abandon = CancellationToken::new();
         let mut builds: JoinSet<()> = JoinSet::new();
@@ -250,6 +253,20 @@ impl Builder {
                 () = &mut half_grace, if !abandon.is_cancelled() => abandon.cancel(),
             }
         }
+    }
+
+    /// Removes, in the background, the temporary documents a crash or an abandoned write
+    /// left behind, older than [`STALE_TEMPORARY`].
+    fn sweep_temporaries(&self, cancel: &CancellationToken) {
+        let (json_root, cancel) = (self.json_root.clone(), cancel.clone());
+        // Not awaited: a walk of a slow tree never holds up the builds or the stop.
+        drop(tokio::task::spawn_blocking(move || {
+            let removed =
+                files::sweep_temporaries(&json_root, STALE_TEMPORARY, || !cancel.is_cancelled());
+            if removed > 0 {
+                tracing::info!(removed, "stale temporary series documents removed");
+            }
+        }));
     }
 
     async fn claim(&self, max: usize) -> Result<Vec<(SeriesRef, i64)>, BuildError> {
@@ -516,7 +533,8 @@ impl Builder {
     }
 
     /// Writes the document atomically where the server looks for it, while the lock is
-    /// still held; then the optional Redis copy and status row.
+    /// still held and the series still in the database; then the optional Redis copy and
+    /// status row. The temporary file is removed on every path that does not rename it.
     async fn publish(
         &self,
         series: &SeriesRef,
@@ -532,30 +550,26 @@ impl Builder {
             &series.study,
             &series.series,
         );
-        let write_error = |source| BuildError::Write {
-            path: path.clone(),
-            source,
-        };
         let temporary = {
             let (target, bytes) = (path.clone(), bytes.to_vec());
             tokio::task::spawn_blocking(move || files::write_temporary(&target, &bytes))
                 .await?
-                .map_err(write_error)?
+                .map_err(|source| BuildError::Write {
+                    path: path.clone(),
+                    source,
+                })?
         };
-        let mut con = self.redis.get().await?;
-        // The last check before the rename: a build whose lock expired publishes nothing.
-        if !lock.renew(&mut *con).await? {
-            let _ = std::fs::remove_file(&temporary);
-            return Ok(BuildOutcome::LockLost);
+        let placed = self.place(series, lock, &temporary, &path).await;
+        if !matches!(placed, Ok(None)) {
+            // Already gone when the rename happened and only the folder sync failed.
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(temporary)).await;
         }
-        {
-            let target = path.clone();
-            tokio::task::spawn_blocking(move || files::commit(&temporary, &target))
-                .await?
-                .map_err(write_error)?;
+        if let Some(unpublished) = placed? {
+            return Ok(unpublished);
         }
         if self.settings.series.redis_copy {
             let key = keys::series_metadata(&series.tenant, &series.series);
+            let mut con = self.redis.get().await?;
             lock.set_if_held(&mut *con, &key, bytes, self.settings.cache.study_ttl_secs)
                 .await?;
         }
@@ -565,6 +579,42 @@ impl Builder {
             instances,
             bytes: bytes.len(),
         })
+    }
+
+    /// Renames the temporary file over the document after the last checks; `None` once
+    /// renamed, or why it was not.
+    async fn place(
+        &self,
+        series: &SeriesRef,
+        lock: &SeriesLock,
+        temporary: &Path,
+        path: &Path,
+    ) -> Result<Option<BuildOutcome>, BuildError> {
+        // A study deleted while its files were read: publishing now would bring back a
+        // document that its deleted event removed.
+        let row = db::bounded(
+            &self.settings.database,
+            rows::series_row(&self.db, &series.tenant, &series.study, &series.series),
+        )
+        .await?;
+        if row.is_none() {
+            tracing::info!(tenant = %series.tenant, series_uid = %series.series, "series deleted during its build: nothing published");
+            return Ok(Some(BuildOutcome::Gone));
+        }
+        let mut con = self.redis.get().await?;
+        // The last check before the rename: a build whose lock expired, or was taken over or
+        // deleted by the server, publishes nothing.
+        if !lock.renew(&mut *con).await? {
+            return Ok(Some(BuildOutcome::LockLost));
+        }
+        let (from, to) = (temporary.to_owned(), path.to_owned());
+        tokio::task::spawn_blocking(move || files::commit(&from, &to))
+            .await?
+            .map_err(|source| BuildError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(None)
     }
 
     async fn record(

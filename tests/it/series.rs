@@ -1297,3 +1297,131 @@ async fn an_instance_file_failing_with_eio_is_retried_and_not_recorded_as_failed
     assert_eq!(status, 1, "built");
     assert_eq!(read_document(&series.document()).len(), 3);
 }
+
+#[tokio::test]
+async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The owner key turns into a hash: the lock check before the rename fails with
+    // WRONGTYPE, a Redis error like any other.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(&owner_key)
+        .cmd("HSET")
+        .arg(&owner_key)
+        .arg("not")
+        .arg("a token")
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("owner key of the wrong type");
+    // The table held, so the build waits between writing its temporary file and the checks.
+    let mut hold = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock the table");
+    fifo.feed().await;
+    let folder = series
+        .document()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("folder");
+    let temporaries = || {
+        std::fs::read_dir(&folder)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("the temporary file", || async { temporaries() == 1 }).await;
+    hold.rollback().await.expect("release the table");
+
+    wait_for("the temporary file to be removed", || async {
+        temporaries() == 0
+    })
+    .await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "nothing published");
+}
+
+#[tokio::test]
+async fn a_series_deleted_during_its_build_is_not_published() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the build to hold the lock", || async {
+        env.get(&keys::series_lock(&series.tenant, &series.series))
+            .await
+            .is_some()
+    })
+    .await;
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(series.tenant.as_str())
+        .bind(series.study.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete the study");
+    fifo.feed().await;
+
+    wait_for_empty_schedule(&env).await;
+    daemon.stop().await;
+    assert!(
+        !series.document().exists(),
+        "no document for a deleted study"
+    );
+    assert_eq!(series.builds(&env).await, 0);
+}
+
+#[tokio::test]
+async fn stale_temporary_documents_are_swept_at_start_and_nothing_else() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 1).await;
+    let folder = series
+        .document()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("folder");
+    std::fs::create_dir_all(&folder).expect("study folder");
+    let hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3_600);
+    let file = |name: String, old: bool| {
+        let path = folder.join(name);
+        let file = std::fs::File::create(&path).expect("create");
+        if old {
+            file.set_modified(hours_ago).expect("age it");
+        }
+        path
+    };
+    let stale = file(
+        format!(".{}.json.00000000deadbeef.tmp", series.series),
+        true,
+    );
+    let fresh = file(
+        format!(".{}.json.00000000feedf00d.tmp", series.series),
+        false,
+    );
+    let foreign = file(".backup.00000000deadbeef.tmp".to_owned(), true);
+    let document = file(format!("{}.9.json", series.series), true);
+    let daemon = env.start_daemon();
+    wait_for("the stale temporary file to be swept", || async {
+        !stale.exists()
+    })
+    .await;
+    daemon.stop().await;
+    for kept in [&fresh, &foreign, &document] {
+        assert!(kept.exists(), "{} kept", kept.display());
+    }
+}
