@@ -21,7 +21,7 @@ use crate::observe::{metrics, telemetry};
 use crate::series::convert::json::{self, DocumentOptions};
 use crate::series::convert::part10::read_instance;
 use crate::series::files::{self, document_path};
-use crate::series::lock::SeriesLock;
+use crate::series::lock::{LOCK_LEASE, SeriesLock};
 use crate::series::rows::{self, JsonStatus, SeriesRow};
 use crate::series::schedule::{Schedule, SeriesRef};
 
@@ -29,7 +29,8 @@ use crate::series::schedule::{Schedule, SeriesRef};
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// A claimed series is leased this long, renewed with the lock while its build runs.
 const SCHEDULE_LEASE: Duration = Duration::from_secs(60);
-/// When another worker (or the server) holds a series' lock, it is tried again this late.
+/// When another worker (or the server) holds a series' lock, the series is skipped until
+/// that lock's lease would end, but at least this long (and at most [`LOCK_LEASE`]).
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 /// The shortest wait before a build that failed for a passing reason is tried again.
 const RETRY_MIN: Duration = Duration::from_secs(5);
@@ -323,8 +324,12 @@ impl Builder {
         let mut con = self.redis.get().await?;
         let Some(lock) = SeriesLock::acquire(&mut *con, &series.tenant, &series.series).await?
         else {
+            // Another build (or the server's webworker) has it: skip the series until that
+            // lease would end instead of asking again every couple of seconds.
+            let held_for = SeriesLock::held_for(&mut *con, &series.tenant, &series.series).await?;
+            let retry = held_for.map_or(BUSY_RETRY, |left| left.clamp(BUSY_RETRY, LOCK_LEASE));
             self.schedule
-                .move_leased(&mut *con, series, lease, millis(BUSY_RETRY))
+                .move_leased(&mut *con, series, lease, millis(retry))
                 .await?;
             return Ok(BuildOutcome::Busy);
         };

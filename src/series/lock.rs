@@ -143,6 +143,24 @@ impl SeriesLock {
         Ok(released == 1)
     }
 
+    /// How long the current holder's lock on the series has left: `None` when it is free
+    /// now, [`Duration::MAX`] when it never expires.
+    pub async fn held_for<C: ConnectionLike>(
+        con: &mut C,
+        tenant: &TenantId,
+        series: &Uid,
+    ) -> RedisResult<Option<Duration>> {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys::series_lock(tenant, series))
+            .query_async(con)
+            .await?;
+        Ok(match ttl {
+            -1 => Some(Duration::MAX),
+            ms if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+            _ => None,
+        })
+    }
+
     fn script(&self, code: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(code)

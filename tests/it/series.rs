@@ -174,6 +174,18 @@ impl SeriesFixture {
         Some(score - (secs * 1_000 + micros / 1_000))
     }
 
+    /// Makes the series due now (rather than waiting out a deferral).
+    async fn make_due(&self, env: &TestEnv) {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .arg("XX")
+            .arg(0)
+            .arg(format!("{}/{}/{}", self.tenant, self.study, self.series))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZADD");
+    }
+
     async fn builds(&self, env: &TestEnv) -> i64 {
         sqlx::query_scalar(
             "SELECT COALESCE(max(retry_times), 0)::int8 FROM dicom_json_meta WHERE series_uid = $1",
@@ -667,6 +679,8 @@ async fn a_build_whose_lock_is_held_elsewhere_waits_without_publishing() {
         .query_async(&mut con)
         .await
         .expect("DEL");
+    // Put off for up to a lock lease (30 s) by the busy attempt: made due now instead.
+    series.make_due(&env).await;
     wait_for("the build once the lock is free", || async {
         series.document().exists()
     })
@@ -1424,4 +1438,35 @@ async fn stale_temporary_documents_are_swept_at_start_and_nothing_else() {
     for kept in [&fresh, &foreign, &document] {
         assert!(kept.exists(), "{} kept", kept.display());
     }
+}
+
+#[tokio::test]
+async fn a_series_whose_lock_another_build_holds_is_put_off_until_that_lease_ends() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    // Another worker's build holds the lock (a 30 s lease).
+    let mut con = env.redis.clone();
+    let other = SeriesLock::acquire(&mut con, &series.tenant, &series.series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    // Skipped until about when the holder's lease ends, not asked again every 2 s (and not
+    // the 60 s of a claim's own lease).
+    wait_for("the busy series to be put off", || async {
+        series
+            .scheduled_in(&env)
+            .await
+            .is_some_and(|ahead| (15_000..=31_000).contains(&ahead))
+    })
+    .await;
+    assert!(!series.document().exists());
+    assert!(other.release(&mut con).await.expect("release"));
+    series.make_due(&env).await;
+    wait_for("the build once the lock is free", || async {
+        series.document().exists()
+    })
+    .await;
+    daemon.stop().await;
 }
