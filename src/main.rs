@@ -97,6 +97,10 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Everything the commands started has finished or was abandoned; a series build
+    // abandoned at its deadline or at the stop may leave a thread blocked in a read (stuck
+    // storage, a FIFO), which dropping the runtime would wait for: it is not waited for.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -280,12 +280,28 @@ pub struct SeriesSettings {
     pub bulkdata_base_url: Option<String>,
     /// Series documents built at the same time.
     pub max_concurrent_builds: usize,
+    /// A build still running this long is abandoned (a read stuck on storage): its lock is
+    /// released and the series retried later, in milliseconds.
+    pub build_timeout_ms: u64,
+    /// How often a running build renews its lock (a 30 s lease) and its place in the
+    /// schedule, in milliseconds.
+    pub lock_renew_ms: u64,
 }
 
 impl SeriesSettings {
     /// The two roots, when series documents are on.
     pub fn roots(&self) -> Option<(&Path, &Path)> {
         Some((self.dicom_root.as_deref()?, self.json_root.as_deref()?))
+    }
+
+    /// How long a build may run before it is abandoned.
+    pub fn build_timeout(&self) -> Duration {
+        Duration::from_millis(self.build_timeout_ms)
+    }
+
+    /// How often a running build renews its lock and its place in the schedule.
+    pub fn lock_renew(&self) -> Duration {
+        Duration::from_millis(self.lock_renew_ms)
     }
 }
 
@@ -300,6 +316,8 @@ impl Default for SeriesSettings {
             record_status: true,
             bulkdata_base_url: None,
             max_concurrent_builds: 2,
+            build_timeout_ms: 120_000,
+            lock_renew_ms: 10_000,
         }
     }
 }
@@ -505,6 +523,7 @@ mod tests {
         assert!(!s.outbox.enabled);
         assert_eq!(s.outbox.poll_ms, 1_000);
         assert_eq!(s.outbox.batch_size, 1_000);
+        assert_eq!(s.series.build_timeout_ms, 120_000);
         assert_eq!(s.jwks.refresh_secs, 300);
         assert_eq!(s.jwks.ttl_secs, 6_000);
         assert_eq!(s.shutdown.grace_secs, 25);

@@ -177,6 +177,17 @@ fn check_series(series: &SeriesSettings, problems: &mut Problems) {
         "series.max_delay_ms",
         "must be at least series.quiet_ms",
     );
+    problems.check(
+        (100..=3_600_000).contains(&series.build_timeout_ms),
+        "series.build_timeout_ms",
+        "must be between 100 and 3600000",
+    );
+    // Renewed at least twice per lease, so one slow round trip does not lose the lock.
+    problems.check(
+        (10..=15_000).contains(&series.lock_renew_ms),
+        "series.lock_renew_ms",
+        "must be between 10 and 15000 (half the 30 s lock lease)",
+    );
 }
 
 fn check_outbox(outbox: &OutboxSettings, problems: &mut Problems) {
@@ -334,6 +345,40 @@ mod tests {
                 "outbox.batch_size: must be between 1 and 10000"
             ]
         );
+    }
+
+    #[test]
+    fn series_build_timing_is_checked_by_key() {
+        let s = load("", None, &[]).expect("defaults are valid");
+        assert_eq!(s.series.build_timeout_ms, 120_000);
+        assert_eq!(s.series.lock_renew_ms, 10_000);
+        for (var, value, key) in [
+            (
+                "DCW__SERIES__BUILD_TIMEOUT_MS",
+                "99",
+                "series.build_timeout_ms",
+            ),
+            (
+                "DCW__SERIES__BUILD_TIMEOUT_MS",
+                "3600001",
+                "series.build_timeout_ms",
+            ),
+            ("DCW__SERIES__LOCK_RENEW_MS", "9", "series.lock_renew_ms"),
+            (
+                "DCW__SERIES__LOCK_RENEW_MS",
+                "15001",
+                "series.lock_renew_ms",
+            ),
+        ] {
+            let err = load("", None, &[(var, value)]).expect_err("invalid");
+            let keys: Vec<&str> = err
+                .0
+                .iter()
+                .map(|l| l.split(':').next().unwrap_or(""))
+                .collect();
+            assert_eq!(keys, [key], "{var}={value}");
+        }
+        load("", None, &[("DCW__SERIES__BUILD_TIMEOUT_MS", "100")]).expect("the shortest timeout");
     }
 
     #[test]

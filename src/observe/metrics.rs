@@ -304,7 +304,7 @@ fn install() -> Result<PrometheusHandle, BuildError> {
     describe_counter!(
         "dcw_series_builds_total",
         Unit::Count,
-        "Scheduled series handled, by result: built, failed, lock_busy (contention), lock_lost, gone, interrupted"
+        "Scheduled series handled, by result: built, failed, lock_busy (contention), lock_lost, gone, timed_out, interrupted"
     );
     describe_histogram!(
         "dcw_series_build_duration_seconds",

@@ -1,5 +1,6 @@
 //! The series lock: `json_generating` = `"1"` taken only if absent, owned by a random token
-//! kept beside it, renewed while the build runs, released only by its owner.
+//! kept beside it while it lives no longer than our lease, renewed while the build runs,
+//! released only by its owner.
 
 use std::time::Duration;
 
@@ -12,8 +13,12 @@ use crate::keys;
 
 /// The lease: far below the server's own 600 s, so a crashed builder blocks little.
 pub const LOCK_LEASE: Duration = Duration::from_secs(30);
-/// How often a running build renews its lease.
-pub const LOCK_RENEW_EVERY: Duration = Duration::from_secs(10);
+
+// Ownership is the token in the owner key *and* a lock that lives no longer than our lease.
+// The server's webworker sets `json_generating` with a plain `SET "1" EX 600` (no NX) and
+// deletes it blindly, so the owner key alone can outlive our lock: a lock key with more than
+// a lease left (the server's 600 s), no expiry, or none at all is not ours any more, and is
+// left alone.
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when taken.
 const ACQUIRE: &str = r"
@@ -26,27 +31,36 @@ return 0
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when still owned and extended.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] and redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 1 then
+local ttl = redis.call('PTTL', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] and ttl > 0 and ttl <= tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
     return 1
 end
 return 0
 ";
 
-/// KEYS: lock, owner. ARGV: token. Returns 1 when it was ours and is now released.
+/// KEYS: lock, owner. ARGV: token, lease ms. Deletes our owner token, and the lock only
+/// while it is still ours; returns 1 when the lock was ours and is now released.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 and ttl <= tonumber(ARGV[2]) then
+    redis.call('DEL', KEYS[1])
     return 1
 end
 return 0
 ";
 
-/// KEYS: lock, owner, target. ARGV: token, value, TTL in seconds. Sets the target only
-/// while the lock is held by the token; returns 1 when set.
+/// KEYS: lock, owner, target. ARGV: token, lease ms, value, TTL in seconds. Sets the target
+/// only while the lock is held by the token; returns 1 when set.
 const SET_IF_OWNED: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then
-    redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] and ttl > 0 and ttl <= tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
     return 1
 end
 return 0
@@ -83,8 +97,9 @@ impl SeriesLock {
         Ok((taken == 1).then_some(lock))
     }
 
-    /// Extends the lease; false when the lock is no longer ours (it expired and may be
-    /// someone else's): the build must then publish nothing.
+    /// Extends the lease; false when the lock is no longer ours (it expired, was deleted or
+    /// set again by the server, and may be someone else's): the build must then publish
+    /// nothing.
     pub async fn renew<C: ConnectionLike>(&self, con: &mut C) -> RedisResult<bool> {
         let renewed: i64 = self
             .script(RENEW)
@@ -109,6 +124,7 @@ impl SeriesLock {
             .arg(&self.owner)
             .arg(key)
             .arg(&self.token)
+            .arg(LOCK_LEASE.as_millis() as u64)
             .arg(value)
             .arg(ttl_secs)
             .query_async(con)
@@ -116,10 +132,33 @@ impl SeriesLock {
         Ok(set == 1)
     }
 
-    /// Releases the lock if it is still ours; false when it had been lost.
+    /// Releases the lock if it is still ours; false when it had been lost (a lock key taken
+    /// over by the server, deleted or evicted is left as it is).
     pub async fn release<C: ConnectionLike>(self, con: &mut C) -> RedisResult<bool> {
-        let released: i64 = self.script(RELEASE).query_async(con).await?;
+        let released: i64 = self
+            .script(RELEASE)
+            .arg(LOCK_LEASE.as_millis() as u64)
+            .query_async(con)
+            .await?;
         Ok(released == 1)
+    }
+
+    /// How long the current holder's lock on the series has left: `None` when it is free
+    /// now, [`Duration::MAX`] when it never expires.
+    pub async fn held_for<C: ConnectionLike>(
+        con: &mut C,
+        tenant: &TenantId,
+        series: &Uid,
+    ) -> RedisResult<Option<Duration>> {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(keys::series_lock(tenant, series))
+            .query_async(con)
+            .await?;
+        Ok(match ttl {
+            -1 => Some(Duration::MAX),
+            ms if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+            _ => None,
+        })
     }
 
     fn script(&self, code: &str) -> redis::Cmd {

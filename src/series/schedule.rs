@@ -53,6 +53,24 @@ redis.call('ZADD', KEYS[1], score, ARGV[1])
 return score
 ";
 
+/// Moves a leased series that could not be built (a fault, a build past its deadline) to
+/// as long from now as it has been waiting since its first pending event, within
+/// [ARGV[3], ARGV[4]] ms and scaled by ARGV[5] per mille (jitter), if it still holds our
+/// lease ARGV[2]: each retry waits about twice as long as the one before. Returns the new
+/// score, or false. KEYS: due, first. ARGV: member, lease, min, max, jitter.
+const RETRY: &str = r"
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) ~= tonumber(ARGV[2]) then
+    return false
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local first = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or now
+local delay = math.min(math.max(now - first, tonumber(ARGV[3])), tonumber(ARGV[4]))
+local score = now + math.floor(delay * tonumber(ARGV[5]) / 1000)
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+return score
+";
+
 /// Removes a built series unless an event rescheduled it during the build; then its
 /// first-event time restarts now. KEYS: due, first. ARGV: member, lease. Returns 1 or 0.
 const COMPLETE: &str = r"
@@ -187,6 +205,32 @@ impl Schedule {
             .arg(series.member())
             .arg(lease)
             .arg(delay_ms)
+            .query_async(con)
+            .await
+    }
+
+    /// Moves a series still holding `lease` to a later retry, backing off: as long from now
+    /// as it has waited since its first pending event, between `min_ms` and `max_ms`, then
+    /// scaled by `jitter_permille`. Returns the new score, or `None` when an event
+    /// rescheduled it meanwhile (it is due anyway).
+    pub async fn retry_later<C: ConnectionLike>(
+        &self,
+        con: &mut C,
+        series: &SeriesRef,
+        lease: i64,
+        (min_ms, max_ms): (u64, u64),
+        jitter_permille: u64,
+    ) -> RedisResult<Option<i64>> {
+        redis::cmd("EVAL")
+            .arg(RETRY)
+            .arg(2)
+            .arg(&self.due)
+            .arg(&self.first)
+            .arg(series.member())
+            .arg(lease)
+            .arg(min_ms)
+            .arg(max_ms)
+            .arg(jitter_permille)
             .query_async(con)
             .await
     }

@@ -140,6 +140,52 @@ impl SeriesFixture {
         pipe.query_async::<()>(&mut con).await.expect("publish");
     }
 
+    /// The file of instance `index` in the server's storage layout.
+    pub(crate) fn instance_file(&self, env: &TestEnv, index: usize) -> PathBuf {
+        env.settings
+            .series
+            .dicom_root
+            .clone()
+            .expect("root")
+            .join(self.tenant.as_str())
+            .join(&self.date)
+            .join(self.study.as_str())
+            .join(self.series.as_str())
+            .join(format!("{}.dcm", self.sops[index]))
+    }
+
+    /// The series' score in the build schedule (its due time or lease, ms), if scheduled.
+    async fn schedule_score(&self, env: &TestEnv) -> Option<i64> {
+        redis::cmd("ZSCORE")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .arg(format!("{}/{}/{}", self.tenant, self.study, self.series))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZSCORE")
+    }
+
+    /// How far ahead of Redis' clock the series is scheduled, in ms (negative: due).
+    async fn scheduled_in(&self, env: &TestEnv) -> Option<i64> {
+        let score = self.schedule_score(env).await?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("TIME");
+        Some(score - (secs * 1_000 + micros / 1_000))
+    }
+
+    /// Makes the series due now (rather than waiting out a deferral).
+    async fn make_due(&self, env: &TestEnv) {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(keys::series_schedule(&env.settings.stream.group))
+            .arg("XX")
+            .arg(0)
+            .arg(format!("{}/{}/{}", self.tenant, self.study, self.series))
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("ZADD");
+    }
+
     async fn builds(&self, env: &TestEnv) -> i64 {
         sqlx::query_scalar(
             "SELECT COALESCE(max(retry_times), 0)::int8 FROM dicom_json_meta WHERE series_uid = $1",
@@ -222,6 +268,70 @@ async fn webworker_selects(env: &TestEnv) -> Vec<String> {
     .iter()
     .map(|row| sqlx::Row::get(row, "series_uid"))
     .collect()
+}
+
+/// An instance file replaced by a FIFO: a build reading it blocks until the test feeds it
+/// the file's bytes, or for good (a read stuck on storage). When dropped, passed or failed,
+/// it gives every reader still blocked on it an end of file, so that no thread of a build
+/// outlives the test (the test's runtime waits for them).
+struct Fifo {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Fifo {
+    fn in_place_of(path: PathBuf) -> Self {
+        let bytes = std::fs::read(&path).expect("fixture bytes");
+        std::fs::remove_file(&path).expect("remove");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        Self { path, bytes }
+    }
+
+    /// Writes the file's bytes into it, once a build opens it.
+    async fn feed(&self) {
+        let (path, bytes) = (self.path.clone(), self.bytes.clone());
+        tokio::task::spawn_blocking(move || std::fs::write(&path, bytes))
+            .await
+            .expect("writer")
+            .expect("write the pipe");
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK on Linux: opening for writing fails at once (ENXIO) when nobody reads.
+        const O_NONBLOCK: i32 = 0o4000;
+        let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+        while std::time::Instant::now() < deadline {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(&self.path);
+            if opened.is_err() {
+                return;
+            }
+            // Closed again: readers that opened meanwhile read the end of the file.
+            drop(opened);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `dcw_series_builds_total{result}` as this process' recorder has it.
+fn builds_counted(result: &str) -> u64 {
+    let text = dicom_cache_warmer::metrics_handle()
+        .expect("metrics recorder")
+        .render();
+    let prefix = format!("dcw_series_builds_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
 }
 
 fn read_document(path: &Path) -> Vec<serde_json::Value> {
@@ -569,6 +679,8 @@ async fn a_build_whose_lock_is_held_elsewhere_waits_without_publishing() {
         .query_async(&mut con)
         .await
         .expect("DEL");
+    // Put off for up to a lock lease (30 s) by the busy attempt: made due now instead.
+    series.make_due(&env).await;
     wait_for("the build once the lock is free", || async {
         series.document().exists()
     })
@@ -893,4 +1005,472 @@ async fn pending_deliveries(env: &TestEnv) -> Option<u64> {
         [(_, _, _, deliveries)] => Some(*deliveries),
         _ => None,
     }
+}
+
+#[tokio::test]
+async fn a_build_that_outlasts_a_lock_renewal_is_taken_off_the_schedule_and_built_once() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    // Renewals every 50 ms rather than 10 s: the build below outlasts several.
+    env.settings.series.lock_renew_ms = 50;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&lock_key).await.is_some()
+    })
+    .await;
+    let leased = series.schedule_score(&env).await.expect("leased");
+    wait_for("the schedule lease to be renewed", || async {
+        series
+            .schedule_score(&env)
+            .await
+            .is_some_and(|score| score != leased)
+    })
+    .await;
+    fifo.feed().await;
+
+    // Completed with the renewed lease: off the schedule, not built again a minute later.
+    wait_for_empty_schedule(&env).await;
+    daemon.stop().await;
+    assert_eq!(series.builds(&env).await, 1, "built exactly once");
+    assert_eq!(read_document(&series.document()).len(), 3);
+}
+
+#[tokio::test]
+async fn the_servers_plain_set_during_a_build_takes_the_lock_and_is_left_alone() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The server's webworker, as it does it: SET "1" EX 600, no NX, no owner.
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("SET");
+    fifo.feed().await;
+
+    wait_for("the build to give up its owner token", || async {
+        env.get(&owner_key).await.is_none()
+    })
+    .await;
+    daemon.stop().await;
+    assert!(
+        !series.document().exists(),
+        "nothing published under the server's lock"
+    );
+    assert_eq!(series.builds(&env).await, 0);
+    assert_eq!(
+        env.get(&lock_key).await.as_deref(),
+        Some("1"),
+        "the server's key is not deleted"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&lock_key)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 500_000,
+        "the server's 600 s are not shortened: {ttl} ms"
+    );
+}
+
+#[tokio::test]
+async fn the_servers_blind_delete_during_a_build_loses_the_lock() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The server's webworker ends its own build with a DEL of the flag, whoever holds it.
+    let _: () = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("DEL");
+    fifo.feed().await;
+
+    wait_for("the build to give up its owner token", || async {
+        env.get(&owner_key).await.is_none()
+    })
+    .await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "nothing published");
+    assert_eq!(series.builds(&env).await, 0);
+    assert!(
+        series.schedule_score(&env).await.is_some(),
+        "the series stays scheduled"
+    );
+}
+
+#[tokio::test]
+async fn a_lock_evicted_or_set_again_by_the_server_is_lost_and_left_alone() {
+    let env = TestEnv::new().await;
+    let tenant = TenantId::parse(&format!("{}0", env.tenant_prefix)).expect("tenant");
+    let series = Uid::parse("1.2.3.6").expect("uid");
+    let (lock_key, owner_key) = (
+        keys::series_lock(&tenant, &series),
+        keys::series_lock_owner(&tenant, &series),
+    );
+    let copy = keys::series_metadata(&tenant, &series);
+    let mut con = env.redis.clone();
+    let pttl = |key: String| {
+        let mut con = env.redis.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut con)
+                .await
+                .expect("PTTL")
+        }
+    };
+
+    // Memory pressure evicts the lock key alone; the owner key stays.
+    let lock = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let _: () = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut con)
+        .await
+        .expect("evict");
+    assert!(!lock.renew(&mut con).await.expect("renew"), "lost");
+    assert!(
+        !lock
+            .set_if_held(&mut con, &copy, b"[]", 60)
+            .await
+            .expect("set"),
+        "nothing written without the lock"
+    );
+    assert_eq!(env.get(&copy).await, None);
+    assert!(!lock.release(&mut con).await.expect("release"), "lost");
+    assert_eq!(env.get(&owner_key).await, None, "our token is cleared");
+
+    // The server's plain SET over our lock: its 600 s, its value, and ours no more.
+    let lock = SeriesLock::acquire(&mut con, &tenant, &series)
+        .await
+        .expect("acquire")
+        .expect("free again");
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    assert!(!lock.renew(&mut con).await.expect("renew"), "lost");
+    assert!(pttl(lock_key.clone()).await > 500_000, "not shortened");
+    assert!(
+        !lock
+            .set_if_held(&mut con, &copy, b"[]", 60)
+            .await
+            .expect("set"),
+        "nothing written under the server's lock"
+    );
+    assert!(!lock.release(&mut con).await.expect("release"), "lost");
+    assert_eq!(env.get(&lock_key).await.as_deref(), Some("1"), "left alone");
+    assert!(pttl(lock_key.clone()).await > 500_000, "left alone");
+    assert_eq!(env.get(&owner_key).await, None, "our token is cleared");
+}
+
+#[tokio::test]
+async fn a_read_that_never_returns_times_out_and_the_series_is_retried_later() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    env.settings.series.build_timeout_ms = 1_000;
+    // A FIFO nobody writes: its read blocks for good, as on a stuck NFS mount.
+    let _fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    let timed_out_before = builds_counted("timed_out");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&lock_key).await.is_some()
+    })
+    .await;
+    // Abandoned: the lock released, the series moved a few seconds on (its backoff), not to
+    // the end of a claim's lease (60 s) and not off the schedule.
+    wait_for("the build to be abandoned and retried later", || async {
+        env.get(&lock_key).await.is_none()
+            && series
+                .scheduled_in(&env)
+                .await
+                .is_some_and(|ahead| (1_000..30_000).contains(&ahead))
+    })
+    .await;
+    assert!(builds_counted("timed_out") > timed_out_before, "counted");
+    assert_eq!(series.builds(&env).await, 0, "not recorded as failed");
+    assert!(!series.document().exists());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_during_a_build_stuck_in_a_read_exits_within_the_grace_period() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let _fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let grace_secs = 2;
+    let root = |root: &Option<PathBuf>| root.as_ref().expect("root").display().to_string();
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
+        .envs(env.daemon_env())
+        .env(
+            "DCW__SERIES__DICOM_ROOT",
+            root(&env.settings.series.dicom_root),
+        )
+        .env(
+            "DCW__SERIES__JSON_ROOT",
+            root(&env.settings.series.json_root),
+        )
+        .env("DCW__SERIES__QUIET_MS", "300")
+        .env("DCW__SHUTDOWN__GRACE_SECS", grace_secs.to_string())
+        .env("DCW__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the daemon");
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&lock_key).await.is_some()
+    })
+    .await;
+
+    let pid = daemon.id().expect("running").to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(grace_secs + 2), daemon.wait())
+        .await
+        .expect("exits within the grace period, its reader still blocked")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(env.get(&lock_key).await, None, "lock released");
+    assert!(
+        series.schedule_score(&env).await.is_some(),
+        "the series stays scheduled"
+    );
+    assert_eq!(series.builds(&env).await, 0, "not recorded as failed");
+}
+
+#[tokio::test]
+async fn an_instance_file_failing_with_eio_is_retried_and_not_recorded_as_failed() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 3).await;
+    // Reading this process' own memory at offset 0 fails with EIO, for root too: the
+    // daemon runs in this process.
+    let victim = series.instance_file(&env, 1);
+    let bytes = std::fs::read(&victim).expect("fixture bytes");
+    std::fs::remove_file(&victim).expect("remove");
+    std::os::unix::fs::symlink("/proc/self/mem", &victim).expect("symlink");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let lock_key = keys::series_lock(&series.tenant, &series.series);
+    wait_for("the build to be put off", || async {
+        env.get(&lock_key).await.is_none()
+            && series
+                .scheduled_in(&env)
+                .await
+                .is_some_and(|ahead| (1_000..30_000).contains(&ahead))
+    })
+    .await;
+    assert_eq!(series.builds(&env).await, 0, "not recorded as failed");
+    assert!(!series.document().exists());
+
+    // The storage recovers: the retry builds it.
+    std::fs::remove_file(&victim).expect("remove the symlink");
+    std::fs::write(&victim, bytes).expect("restore the file");
+    wait_for("the retry", || async { series.builds(&env).await == 1 }).await;
+    wait_for_empty_schedule(&env).await;
+    daemon.stop().await;
+    let status: i32 =
+        sqlx::query_scalar("SELECT json_status FROM dicom_json_meta WHERE series_uid = $1")
+            .bind(series.series.as_str())
+            .fetch_one(&env.db)
+            .await
+            .expect("status");
+    assert_eq!(status, 1, "built");
+    assert_eq!(read_document(&series.document()).len(), 3);
+}
+
+#[tokio::test]
+async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
+    wait_for("the build to hold the lock", || async {
+        env.get(&owner_key).await.is_some()
+    })
+    .await;
+    // The owner key turns into a hash: the lock check before the rename fails with
+    // WRONGTYPE, a Redis error like any other.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(&owner_key)
+        .cmd("HSET")
+        .arg(&owner_key)
+        .arg("not")
+        .arg("a token")
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("owner key of the wrong type");
+    // The table held, so the build waits between writing its temporary file and the checks.
+    let mut hold = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock the table");
+    fifo.feed().await;
+    let folder = series
+        .document()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("folder");
+    let temporaries = || {
+        std::fs::read_dir(&folder)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("the temporary file", || async { temporaries() == 1 }).await;
+    hold.rollback().await.expect("release the table");
+
+    wait_for("the temporary file to be removed", || async {
+        temporaries() == 0
+    })
+    .await;
+    daemon.stop().await;
+    assert!(!series.document().exists(), "nothing published");
+}
+
+#[tokio::test]
+async fn a_series_deleted_during_its_build_is_not_published() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    wait_for("the build to hold the lock", || async {
+        env.get(&keys::series_lock(&series.tenant, &series.series))
+            .await
+            .is_some()
+    })
+    .await;
+    sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
+        .bind(series.tenant.as_str())
+        .bind(series.study.as_str())
+        .execute(&env.db)
+        .await
+        .expect("delete the study");
+    fifo.feed().await;
+
+    wait_for_empty_schedule(&env).await;
+    daemon.stop().await;
+    assert!(
+        !series.document().exists(),
+        "no document for a deleted study"
+    );
+    assert_eq!(series.builds(&env).await, 0);
+}
+
+#[tokio::test]
+async fn stale_temporary_documents_are_swept_at_start_and_nothing_else() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 1).await;
+    let folder = series
+        .document()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("folder");
+    std::fs::create_dir_all(&folder).expect("study folder");
+    let hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3_600);
+    let file = |name: String, old: bool| {
+        let path = folder.join(name);
+        let file = std::fs::File::create(&path).expect("create");
+        if old {
+            file.set_modified(hours_ago).expect("age it");
+        }
+        path
+    };
+    let stale = file(
+        format!(".{}.json.00000000deadbeef.tmp", series.series),
+        true,
+    );
+    let fresh = file(
+        format!(".{}.json.00000000feedf00d.tmp", series.series),
+        false,
+    );
+    let foreign = file(".backup.00000000deadbeef.tmp".to_owned(), true);
+    let document = file(format!("{}.9.json", series.series), true);
+    let daemon = env.start_daemon();
+    wait_for("the stale temporary file to be swept", || async {
+        !stale.exists()
+    })
+    .await;
+    daemon.stop().await;
+    for kept in [&fresh, &foreign, &document] {
+        assert!(kept.exists(), "{} kept", kept.display());
+    }
+}
+
+#[tokio::test]
+async fn a_series_whose_lock_another_build_holds_is_put_off_until_that_lease_ends() {
+    let mut env = TestEnv::new().await;
+    let series = SeriesFixture::new(&mut env, 2).await;
+    // Another worker's build holds the lock (a 30 s lease).
+    let mut con = env.redis.clone();
+    let other = SeriesLock::acquire(&mut con, &series.tenant, &series.series)
+        .await
+        .expect("acquire")
+        .expect("free");
+    series.publish(&env, &series.sops).await;
+    let daemon = env.start_daemon();
+    // Skipped until about when the holder's lease ends, not asked again every 2 s (and not
+    // the 60 s of a claim's own lease).
+    wait_for("the busy series to be put off", || async {
+        series
+            .scheduled_in(&env)
+            .await
+            .is_some_and(|ahead| (15_000..=31_000).contains(&ahead))
+    })
+    .await;
+    assert!(!series.document().exists());
+    assert!(other.release(&mut con).await.expect("release"));
+    series.make_due(&env).await;
+    wait_for("the build once the lock is free", || async {
+        series.document().exists()
+    })
+    .await;
+    daemon.stop().await;
 }
