@@ -662,7 +662,7 @@ mod tests {
     use std::io;
 
     use super::*;
-    use crate::series::convert::part10::InstanceFileError;
+    use crate::series::convert::instance::InstanceFileError;
 
     /// Errno values as Linux numbers them.
     const ENOENT: i32 = 2;
