@@ -473,7 +473,8 @@ test_dropin e2e-slow-db "[Service]
 WatchdogSec=30
 EnvironmentFile=/run/dcw-e2e/slow-db.env"
 ct systemctl start --no-block "$UNIT"
-sleep 2
+listening() { [ "$(http_code healthz)" != 000 ]; }
+wait_for 15 listening
 first_pid=$(prop MainPID)
 wait_secs=90
 samples=() bad_samples=0
