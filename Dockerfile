@@ -51,12 +51,16 @@ RUN --mount=type=cache,id=dcw-cargo-registry,target=/usr/local/cargo/registry \
 #    needed here and not at run time. touch: COPY keeps the sources' old mtimes, and
 #    the cached target/ may hold an older build. target/ is a cache mount, absent from
 #    the image: the binary is copied out of it (and stripped) in the same step.
+#    build.rs names the build in dcw_build_info: the commit comes from REVISION (the
+#    context has no .git).
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+ARG REVISION=unknown
 RUN --mount=type=cache,id=dcw-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=dcw-target,target=/build/target,sharing=locked \
     touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin dicom-cache-warmer \
+ && DCW_GIT_COMMIT="$REVISION" cargo build --release --locked --bin dicom-cache-warmer \
  && mkdir -p out \
  && cp target/release/dicom-cache-warmer out/dicom-cache-warmer \
  && strip out/dicom-cache-warmer \

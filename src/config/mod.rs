@@ -214,9 +214,14 @@ impl StreamSettings {
         Duration::from_millis(self.claim_idle_ms)
     }
 
-    /// How long entries may wait with none done before readiness fails.
+    /// How long entries may wait with none done before readiness fails: the setting, and
+    /// never less than an entry may legitimately wait for its study (`claim_idle_ms` x
+    /// `max_deliveries`, after which it is dead-lettered).
     pub fn stall_after(&self) -> Duration {
-        Duration::from_secs(self.stall_after_secs)
+        Duration::from_secs(self.stall_after_secs).max(
+            self.claim_idle()
+                .saturating_mul(u32::try_from(self.max_deliveries).unwrap_or(u32::MAX)),
+        )
     }
 
     /// How often idle entries are looked for: twice per `claim_idle_ms`.

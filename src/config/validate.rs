@@ -139,13 +139,6 @@ fn check_claim_timing(settings: &Settings, problems: &mut Problems) {
         "stream.stale_consumer_ms",
         "must exceed stream.claim_idle_ms",
     );
-    // An entry waiting for its study is done (dead-lettered) after max_deliveries claims.
-    problems.check(
-        u128::from(stream.stall_after_secs) * 1_000
-            >= u128::from(stream.claim_idle_ms) * u128::from(stream.max_deliveries),
-        "stream.stall_after_secs",
-        "must be at least stream.claim_idle_ms x stream.max_deliveries (the time an entry may wait for its study)",
-    );
 }
 
 fn check_cache(cache: &CacheSettings, problems: &mut Problems) {
