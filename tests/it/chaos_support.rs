@@ -358,8 +358,10 @@ pub async fn consumers(
         .await;
     let reply = match reply {
         Ok(reply) => reply,
-        // No group yet (a daemon creates it with its first read): no consumers.
-        Err(error) if error.code() == Some("NOGROUP") => return Vec::new(),
+        // No stream or group yet (a daemon creates them with its first read): no consumers.
+        Err(error) if error.code() == Some("NOGROUP") || error.detail() == Some("no such key") => {
+            return Vec::new();
+        }
         Err(error) => panic!("XINFO CONSUMERS: {error}"),
     };
     reply
