@@ -38,7 +38,7 @@ pub async fn run(
     cancel: &CancellationToken,
     until: Until,
 ) {
-    let mut reader = Reader::default();
+    let mut reader = Reader::new(&settings.stream);
     let mut backoff = Backoff::default();
     // Entries left by a crashed or stopped consumer are looked for at once, then regularly.
     let mut next_claim = Instant::now();

@@ -5,14 +5,16 @@
 //! ```text
 //! config (sections, load, validate, secret) ─▶ app (pools, tasks) ─▶ consumer (the loop)
 //!   outbox:  server's write ─▶ trigger row (install) ─▶ relay (table: XADD, then DELETE) ─▶ stream
-//!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM) ─▶ event (validated ids) ─▶ window (by study)
+//!   ingest:  reader ─▶ stream (XREADGROUP, XAUTOCLAIM; bounded, reply) ─▶ event (validated ids)
+//!            ─▶ window (by study)
 //!   fill:    round (plan ─▶ query ─▶ study JSON ─▶ cache script, one write round trip)
 //!            ─▶ stream XACK / dead letters ─▶ recheck (negative flags, a second look)
 //!   series:  schedule ─▶ builder (lock, rows) ─▶ files (atomic publish)
 //!            convert: instance ─▶ part10 ─▶ walk ─▶ values ─▶ document
 //! jwks:    check ─▶ fetch ─▶ refresher      monitor (probes, watchdog)      warm (backfill)
 //! observe: metrics (a leaf), health, http endpoint, telemetry
-//! shared:  ids, keys, backoff, shutdown, db (pool, connections), redis_conn (connections)
+//! shared:  ids, keys, backoff, shutdown, db (pool, connections), redis_conn (connections),
+//!          lua (scripts by hash)
 //! ```
 
 // Shared vocabulary: the ids every key and path is built from, and the keys themselves.
@@ -20,6 +22,7 @@ pub mod ids;
 pub mod keys;
 
 mod backoff;
+mod lua;
 mod shutdown;
 
 // Setting up: configuration, connections, what the daemon shows of itself.
@@ -54,7 +57,7 @@ pub use db::{MIGRATOR, lazy_pool};
 pub use fill::cache::add_fill_study;
 pub use fill::study::{DicomStateMeta, by_study, encode as encode_study};
 pub use ingest::event::{Field, IngestEvent, parse as parse_event};
-pub use ingest::stream::{Backlog, ack, backlog, ensure_group, read_new};
+pub use ingest::stream::{Backlog, ReadMode, ack, backlog, ensure_group, read_new};
 pub use jwks::{Cached, FetchError, MAX_DOCUMENT_BYTES, MAX_REDIRECTS, Outcome, Refresher};
 pub use keys::JWKS as JWKS_KEY;
 pub use observe::metrics::handle as metrics_handle;

@@ -183,6 +183,9 @@ pub struct StreamSettings {
     /// Readiness fails when entries wait and none was acknowledged or dead-lettered for
     /// this long, in seconds.
     pub stall_after_secs: u64,
+    /// A ceiling on entries read per second, for sites that want Redis headroom while a
+    /// backlog drains; none by default.
+    pub max_events_per_sec: Option<u32>,
 }
 
 impl Default for StreamSettings {
@@ -194,11 +197,12 @@ impl Default for StreamSettings {
             dead_letter_key: "dicom:ingest:dead".into(),
             claim_idle_ms: 60_000,
             max_deliveries: 5,
-            batch_size: 1_000,
+            batch_size: 100,
             coalesce_entries: 1_000_000,
             block_ms: 1_000,
             stale_consumer_ms: 600_000,
             stall_after_secs: 600,
+            max_events_per_sec: None,
         }
     }
 }

@@ -118,6 +118,14 @@ fn check_stream(stream: &StreamSettings, problems: &mut Problems) {
         "stream.max_deliveries",
         "must be at least 1",
     );
+    if let Some(ceiling) = stream.max_events_per_sec {
+        // A read then waits at most a second for its turn.
+        problems.check(
+            usize::try_from(ceiling).is_ok_and(|ceiling| ceiling >= stream.batch_size),
+            "stream.max_events_per_sec",
+            "must be at least stream.batch_size (or unset)",
+        );
+    }
 }
 
 /// When pending entries are reclaimed and stale consumers deleted, against the longest
@@ -295,6 +303,27 @@ mod tests {
                 "shutdown.grace_secs"
             ]
         );
+    }
+
+    #[test]
+    fn a_read_ceiling_below_one_read_a_second_is_refused() {
+        let err = load(
+            "",
+            None,
+            &[
+                ("DCW__STREAM__BATCH_SIZE", "100"),
+                ("DCW__STREAM__MAX_EVENTS_PER_SEC", "99"),
+            ],
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            err.0,
+            ["stream.max_events_per_sec: must be at least stream.batch_size (or unset)"]
+        );
+        let paced = load("", None, &[("DCW__STREAM__MAX_EVENTS_PER_SEC", "5000")]).expect("valid");
+        assert_eq!(paced.stream.max_events_per_sec, Some(5_000));
+        let unset = load("", None, &[("DCW__STREAM__MAX_EVENTS_PER_SEC", "")]).expect("valid");
+        assert_eq!(unset.stream.max_events_per_sec, None);
     }
 
     #[test]

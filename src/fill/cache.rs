@@ -1,16 +1,22 @@
 //! Writes to the server's cache keys, each one atomic and never older than what is there.
 
+use std::sync::LazyLock;
+
 use rand::Rng;
 use redis::Pipeline;
+use redis::Script;
 
 use crate::ids::{TenantId, Uid};
 use crate::keys;
+use crate::lua;
 
 /// Sets the study key, its version and the digest of what it holds, unless a newer version
 /// is already there, and deletes the negative flag in the same step (the study exists
 /// either way). KEYS: study, version, negative flag, digest. ARGV: rows JSON, version, TTL
 /// in seconds. Returns 1 when written, 0 when a newer snapshot was already cached.
-const FILL_STUDY: &str = r"
+static FILL_STUDY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local current = tonumber(redis.call('GET', KEYS[2]))
 redis.call('DEL', KEYS[3])
 if current and current > tonumber(ARGV[2]) then
@@ -20,13 +26,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('SET', KEYS[4], redis.sha1hex(ARGV[1]), 'EX', ARGV[3])
 return 1
-";
+",
+    )
+});
 
 /// Deletes the study key and its digest and leaves its version as a tombstone, unless a
 /// newer version is cached (the study was stored again after the snapshot that found it
 /// gone). KEYS: study, version, digest. ARGV: version, TTL in seconds. Returns 1 when
 /// removed, 0 when stale.
-const REMOVE_STUDY: &str = r"
+static REMOVE_STUDY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local current = tonumber(redis.call('GET', KEYS[2]))
 if current and current > tonumber(ARGV[1]) then
     return 0
@@ -34,7 +44,9 @@ end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
-";
+",
+    )
+});
 
 /// Adds to `pipe` the atomic fill of one study key; its reply is 1 (written) or 0 (stale).
 pub fn add_fill_study(
@@ -45,10 +57,7 @@ pub fn add_fill_study(
     version: i64,
     ttl_secs: u64,
 ) {
-    // EVAL rather than EVALSHA: the script is short, Redis caches its compiled form, and a
-    // restarted Redis that lost its script cache needs no reload round trip.
-    pipe.cmd("EVAL")
-        .arg(FILL_STUDY)
+    lua::call(pipe, &FILL_STUDY)
         .arg(4)
         .arg(keys::study_metadata(tenant, study))
         .arg(keys::study_version(tenant, study))
@@ -69,8 +78,7 @@ pub fn add_remove_study(
     version: i64,
     ttl_secs: u64,
 ) {
-    pipe.cmd("EVAL")
-        .arg(REMOVE_STUDY)
+    lua::call(pipe, &REMOVE_STUDY)
         .arg(3)
         .arg(keys::study_metadata(tenant, study))
         .arg(keys::study_version(tenant, study))

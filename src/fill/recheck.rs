@@ -9,10 +9,12 @@
 //! of queueing another; the number of studies kept is bounded.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::LazyLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Pipeline;
+use redis::Script;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -23,6 +25,7 @@ use crate::fill::refresh::{self, Request};
 use crate::ids::{TenantId, Uid};
 use crate::ingest::event::EventKind;
 use crate::keys;
+use crate::lua;
 use crate::observe::metrics::{self, RecheckOutcome};
 
 /// The looks after a fill, as multiples of `cache.recheck_ms` (2 s, 10 s, 60 s by default).
@@ -37,7 +40,9 @@ const LOOKS_PER_ROUND: usize = 500;
 /// still holds what the daemon wrote.
 /// KEYS: study, digest, negative flag. Returns {flag deleted (0/1), 0 same / 1 changed /
 /// 2 no study key}.
-const LOOK: &str = r"
+static LOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local value = redis.call('GET', KEYS[1])
 if not value then
     return {0, 2}
@@ -48,7 +53,9 @@ if digest == redis.sha1hex(value) then
     return {cleared, 0}
 end
 return {cleared, 1}
-";
+",
+    )
+});
 
 type StudyKey = (TenantId, Uid);
 
@@ -196,15 +203,14 @@ async fn look(
 ) -> anyhow::Result<Vec<StudyKey>> {
     let mut pipe = redis::pipe();
     for ((tenant, study), _) in studies {
-        pipe.cmd("EVAL")
-            .arg(LOOK)
+        lua::call(&mut pipe, &LOOK)
             .arg(3)
             .arg(keys::study_metadata(tenant, study))
             .arg(keys::study_digest(tenant, study))
             .arg(keys::study_negative_flag(tenant, study));
     }
     let mut con = redis.get().await?;
-    let replies: Vec<(i64, i64)> = pipe.query_async(&mut *con).await?;
+    let replies: Vec<(i64, i64)> = lua::query(&mut *con, &pipe).await?;
     let mut changed = Vec::new();
     for (((tenant, study), _), (cleared, state)) in studies.iter().zip(replies) {
         if cleared > 0 {

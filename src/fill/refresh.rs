@@ -13,6 +13,7 @@ use crate::db;
 use crate::fill::{cache, query, study};
 use crate::ids::{TenantId, Uid};
 use crate::ingest::event::EventKind;
+use crate::lua;
 use crate::observe::metrics::{self, RoundTrip};
 use crate::series::schedule::{Schedule, SeriesRef};
 
@@ -117,7 +118,7 @@ pub async fn send<C: ConnectionLike>(
     if pipe.is_empty() {
         return Ok(written);
     }
-    let replies: Vec<Value> = pipe.query_async(con).await?;
+    let replies: Vec<Value> = lua::query(con, pipe).await?;
     metrics::round_trip(RoundTrip::Write);
     // Only the scripts reply (everything else in the pipe is ignored), in plan order.
     let scripts = plans.iter().filter(|plan| **plan != Plan::Missing);

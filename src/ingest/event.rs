@@ -170,17 +170,57 @@ fn check_size(fields: &[Field]) -> Result<(), EventError> {
     if total > MAX_ENTRY_BYTES {
         return Err(EventError::EntryTooLarge(total));
     }
-    for (name, value) in fields {
-        if value.len() > MAX_VALUE_BYTES {
-            let field = KNOWN_FIELDS
-                .iter()
-                .find(|known| known.as_bytes() == name.as_slice())
-                .copied()
-                .unwrap_or("(unknown)");
-            return Err(EventError::ValueTooLarge(field));
+    match fields
+        .iter()
+        .find(|(_, value)| value.len() > MAX_VALUE_BYTES)
+    {
+        Some((name, _)) => Err(EventError::ValueTooLarge(known_name(name))),
+        None => Ok(()),
+    }
+}
+
+/// A known field's name, or `(unknown)`.
+fn known_name(name: &[u8]) -> &'static str {
+    KNOWN_FIELDS
+        .iter()
+        .find(|known| known.as_bytes() == name)
+        .copied()
+        .unwrap_or("(unknown)")
+}
+
+/// The original size of an entry that was cut down when read (by the bounded reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversize {
+    /// Its names and values, in bytes.
+    pub bytes: usize,
+    /// Its fields.
+    pub fields: usize,
+    /// The index of its first value over [`MAX_VALUE_BYTES`], if any.
+    pub large_value: Option<usize>,
+}
+
+impl Oversize {
+    /// Why the entry is refused: the same reason as if it had been read whole; `kept` are
+    /// its fields as cut down.
+    pub fn error(&self, kept: &[Field]) -> EventError {
+        if self.fields > MAX_FIELDS {
+            EventError::TooManyFields(self.fields)
+        } else if self.bytes > MAX_ENTRY_BYTES {
+            EventError::EntryTooLarge(self.bytes)
+        } else {
+            let name = self
+                .large_value
+                .and_then(|index| kept.get(index))
+                .map_or("(unknown)", |(name, _)| known_name(name));
+            EventError::ValueTooLarge(name)
         }
     }
-    Ok(())
+}
+
+/// True when the entry is refused for its size (too many fields, too many bytes, or a
+/// value too large).
+pub fn is_oversize(fields: &[Field]) -> bool {
+    check_size(fields).is_err_and(|error| error.kind() == "oversize")
 }
 
 fn validate(raw: RawEvent) -> Result<IngestEvent, EventError> {

@@ -8,20 +8,34 @@ use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::ingest::stream::{self, StreamEntry};
+use crate::config::{Settings, StreamSettings};
+use crate::ingest::entry::StreamEntry;
+use crate::ingest::pace::Pace;
+use crate::ingest::stream::{self, ReadMode};
 use crate::ingest::window::Window;
 use crate::observe::health::Health;
 use crate::observe::metrics::{self, Counter, RoundTrip};
 use crate::redis_conn;
 
 /// The stream reader's dedicated connection, opened (and the group ensured) on demand.
-#[derive(Default)]
 pub struct Reader {
     con: Option<MultiplexedConnection>,
+    /// Whether the last read brought oversize entries: the next one is then bounded.
+    saw_oversize: bool,
+    /// The ceiling on entries read per second, when set.
+    pace: Option<Pace>,
 }
 
 impl Reader {
+    /// A reader paced by `stream.max_events_per_sec`, connecting on its first read.
+    pub fn new(settings: &StreamSettings) -> Self {
+        Self {
+            con: None,
+            saw_oversize: false,
+            pace: Pace::new(settings.max_events_per_sec),
+        }
+    }
+
     /// Reads into `window` until a read comes back short (the stream is drained for now),
     /// the window holds `stream.coalesce_entries` (or a batch of bad entries), or the
     /// daemon is stopping; only the first read waits. Each further read runs in Redis while
@@ -33,14 +47,18 @@ impl Reader {
         cancel: &CancellationToken,
         window: &mut Window,
     ) -> RedisResult<()> {
+        self.wait_turn(cancel).await;
         let mut read = self.read(settings, health).await;
         loop {
             let entries = read?;
-            // Bad entries are kept whole until dead-lettered: a batch's worth ends the window.
+            // Bad entries are held until dead-lettered: a batch's worth ends the window.
             let more = entries.len() == settings.stream.batch_size
                 && window.len() + entries.len() < settings.stream.coalesce_entries
                 && window.bad().len() < settings.stream.batch_size
                 && !cancel.is_cancelled();
+            if more {
+                self.wait_turn(cancel).await;
+            }
             let next = more.then(|| self.prefetch(settings));
             if next.is_some() {
                 // Lets the read go out before the parsing below keeps this thread busy.
@@ -57,6 +75,13 @@ impl Reader {
                 .unwrap_or_else(|error| panic::resume_unwind(error.into_panic()));
             read = self.record(fetched, health);
             health.beat();
+        }
+    }
+
+    /// Waits until `stream.max_events_per_sec` lets the next read start.
+    async fn wait_turn(&self, cancel: &CancellationToken) {
+        if let Some(pace) = &self.pace {
+            pace.wait(cancel).await;
         }
     }
 
@@ -77,7 +102,7 @@ impl Reader {
                 self.con.insert(con)
             }
         };
-        let read = stream::read_new(con, &settings.stream, true).await;
+        let read = stream::read_new(con, &settings.stream, ReadMode::Wait).await;
         self.record(read, health)
     }
 
@@ -85,7 +110,12 @@ impl Reader {
     fn prefetch(&self, settings: &Settings) -> JoinHandle<RedisResult<Vec<StreamEntry>>> {
         let mut con = self.con.clone().expect("connected by the read before");
         let stream = settings.stream.clone();
-        tokio::spawn(async move { stream::read_new(&mut con, &stream, false).await })
+        let mode = if self.saw_oversize {
+            ReadMode::Bounded
+        } else {
+            ReadMode::Plain
+        };
+        tokio::spawn(async move { stream::read_new(&mut con, &stream, mode).await })
     }
 
     fn record(
@@ -95,7 +125,13 @@ impl Reader {
     ) -> RedisResult<Vec<StreamEntry>> {
         metrics::round_trip(RoundTrip::Read);
         match &read {
-            Ok(entries) => metrics::add(Counter::EntriesRead, entries.len()),
+            Ok(entries) => {
+                metrics::add(Counter::EntriesRead, entries.len());
+                if let Some(pace) = &mut self.pace {
+                    pace.count(entries.len());
+                }
+                self.saw_oversize = entries.iter().any(|entry| entry.oversize.is_some());
+            }
             Err(error) => {
                 // Start afresh: a new connection, and the group created again if it was lost.
                 self.con = None;

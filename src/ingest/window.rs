@@ -7,8 +7,8 @@ use foldhash::fast::RandomState;
 use indexmap::IndexMap;
 
 use crate::ids::{TenantId, Uid};
+use crate::ingest::entry::{Delivered, EntryId, StreamEntry};
 use crate::ingest::event::{self, EventError, EventKind};
-use crate::ingest::stream::{Delivered, EntryId, StreamEntry};
 
 /// A study, by tenant and Study Instance UID.
 pub type StudyKey = (TenantId, Uid);
@@ -69,7 +69,11 @@ impl Window {
     /// in the window marks the study: the database then decides (removed without rows).
     pub fn add(&mut self, entry: StreamEntry) {
         self.entries += 1;
-        let event = match event::parse(&entry.fields) {
+        let parsed = match entry.oversize {
+            Some(oversize) => Err(oversize.error(&entry.fields)),
+            None => event::parse(&entry.fields),
+        };
+        let event = match parsed {
             Ok(event) => event,
             Err(reason) => {
                 self.bad.push(BadEntry { entry, reason });
@@ -187,6 +191,7 @@ mod tests {
                 .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
             deliveries,
+            oversize: None,
         }
     }
 

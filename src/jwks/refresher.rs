@@ -4,9 +4,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rand::Rng;
+use redis::Script;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JwksSettings;
@@ -23,16 +25,22 @@ const KIDS_LOGGED: usize = 20;
 
 /// KEYS: key set, fetched-at. ARGV: document, TTL in seconds. The fetch time is Redis's own
 /// clock, so replicas with skewed clocks agree on the key set's age.
-const WRITE: &str = r"
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[2], redis.call('TIME')[1], 'EX', ARGV[2])
 return 1
-";
+",
+    )
+});
 
 /// KEYS: key set, fetched-at. ARGV: TTL in seconds, extend when fewer seconds remain.
 /// Never writes the key set itself. Returns {TTL after (-2 missing, -1 no expiry),
 /// 1 when extended, age in seconds (-1 unknown)}.
-const KEEP: &str = r"
+static KEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local ttl = redis.call('TTL', KEYS[1])
 local extended = 0
 if ttl >= 0 and ttl < tonumber(ARGV[2]) then
@@ -47,7 +55,9 @@ if fetched then
     age = tonumber(redis.call('TIME')[1]) - fetched
 end
 return {ttl, extended, age}
-";
+",
+    )
+});
 
 /// Redis could not be reached to write or keep the key set.
 #[derive(Debug, thiserror::Error)]
@@ -147,14 +157,12 @@ impl Refresher {
         let mut con = self.redis.get().await?;
         match fetched {
             Ok((document, summary)) => {
-                let _: i64 = redis::cmd("EVAL")
-                    .arg(WRITE)
-                    .arg(2)
-                    .arg(&self.key)
-                    .arg(&self.fetched_key)
+                let _: i64 = WRITE
+                    .key(&self.key)
+                    .key(&self.fetched_key)
                     .arg(document.as_slice())
                     .arg(self.ttl_secs)
-                    .query_async(&mut *con)
+                    .invoke_async(&mut *con)
                     .await?;
                 metrics::add(Counter::JwksRefreshes, 1);
                 metrics::jwks_age(Duration::ZERO);
@@ -171,14 +179,12 @@ impl Refresher {
                 Ok(Outcome::Written(summary))
             }
             Err(error) => {
-                let (ttl, extended, age): (i64, i64, i64) = redis::cmd("EVAL")
-                    .arg(KEEP)
-                    .arg(2)
-                    .arg(&self.key)
-                    .arg(&self.fetched_key)
+                let (ttl, extended, age): (i64, i64, i64) = KEEP
+                    .key(&self.key)
+                    .key(&self.fetched_key)
                     .arg(self.ttl_secs)
                     .arg(self.extend_below_secs)
-                    .query_async(&mut *con)
+                    .invoke_async(&mut *con)
                     .await?;
                 let cached = match ttl {
                     -2 => Cached::Missing,

@@ -2,11 +2,13 @@
 //! kept beside it while it lives no longer than our lease, renewed while the build runs,
 //! released only by its owner.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rand::Rng;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
+use redis::{Script, ScriptInvocation};
 
 use crate::ids::{TenantId, Uid};
 use crate::keys;
@@ -21,16 +23,22 @@ pub const LOCK_LEASE: Duration = Duration::from_secs(30);
 // left alone.
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when taken.
-const ACQUIRE: &str = r"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
     redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
     return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Returns 1 when still owned and extended.
-const RENEW: &str = r"
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local ttl = redis.call('PTTL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] and ttl > 0 and ttl <= tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -38,11 +46,15 @@ if redis.call('GET', KEYS[2]) == ARGV[1] and ttl > 0 and ttl <= tonumber(ARGV[2]
     return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// KEYS: lock, owner. ARGV: token, lease ms. Deletes our owner token, and the lock only
 /// while it is still ours; returns 1 when the lock was ours and is now released.
-const RELEASE: &str = r"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return 0
 end
@@ -53,18 +65,24 @@ if ttl > 0 and ttl <= tonumber(ARGV[2]) then
     return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// KEYS: lock, owner, target. ARGV: token, lease ms, value, TTL in seconds. Sets the target
 /// only while the lock is held by the token; returns 1 when set.
-const SET_IF_OWNED: &str = r"
+static SET_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local ttl = redis.call('PTTL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] and ttl > 0 and ttl <= tonumber(ARGV[2]) then
     redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
     return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// A held series lock. Release it with [`SeriesLock::release`]; dropping it only lets the
 /// lease run out.
@@ -90,9 +108,9 @@ impl SeriesLock {
             token,
         };
         let taken: i64 = lock
-            .script(ACQUIRE)
+            .script(&ACQUIRE)
             .arg(LOCK_LEASE.as_millis() as u64)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
         Ok((taken == 1).then_some(lock))
     }
@@ -102,9 +120,9 @@ impl SeriesLock {
     /// nothing.
     pub async fn renew<C: ConnectionLike>(&self, con: &mut C) -> RedisResult<bool> {
         let renewed: i64 = self
-            .script(RENEW)
+            .script(&RENEW)
             .arg(LOCK_LEASE.as_millis() as u64)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
         Ok(renewed == 1)
     }
@@ -117,17 +135,15 @@ impl SeriesLock {
         value: &[u8],
         ttl_secs: u64,
     ) -> RedisResult<bool> {
-        let set: i64 = redis::cmd("EVAL")
-            .arg(SET_IF_OWNED)
-            .arg(3)
-            .arg(&self.lock)
-            .arg(&self.owner)
-            .arg(key)
+        let set: i64 = SET_IF_OWNED
+            .key(&self.lock)
+            .key(&self.owner)
+            .key(key)
             .arg(&self.token)
             .arg(LOCK_LEASE.as_millis() as u64)
             .arg(value)
             .arg(ttl_secs)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
         Ok(set == 1)
     }
@@ -136,9 +152,9 @@ impl SeriesLock {
     /// over by the server, deleted or evicted is left as it is).
     pub async fn release<C: ConnectionLike>(self, con: &mut C) -> RedisResult<bool> {
         let released: i64 = self
-            .script(RELEASE)
+            .script(&RELEASE)
             .arg(LOCK_LEASE.as_millis() as u64)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
         Ok(released == 1)
     }
@@ -161,13 +177,10 @@ impl SeriesLock {
         })
     }
 
-    fn script(&self, code: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(code)
-            .arg(2)
-            .arg(&self.lock)
-            .arg(&self.owner)
-            .arg(&self.token);
-        cmd
+    /// A call of `script` with the lock's keys and token.
+    fn script(&self, script: &'static Script) -> ScriptInvocation<'static> {
+        let mut invocation = script.key(&self.lock);
+        invocation.key(&self.owner).arg(&self.token);
+        invocation
     }
 }

@@ -3,18 +3,24 @@
 //! claimed series is leased by moving its due time into the future; an event during the
 //! build moves it again, so the series is built once more afterwards.
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use redis::aio::ConnectionLike;
 use redis::{Pipeline, RedisResult};
 
 use crate::ids::{TenantId, Uid};
 use crate::keys;
+use crate::lua;
 
 /// The schedule keys live this long after their last write (an idle schedule is empty).
 const SCHEDULE_TTL_MS: u64 = 7 * 24 * 3_600 * 1_000;
 
 /// Marks a series pending: due after `quiet_ms` of silence, at the latest `max_delay_ms`
 /// after its first pending event. KEYS: due, first. ARGV: member, quiet, max delay, TTL.
-const SCHEDULE: &str = r"
+static SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local first = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
@@ -27,10 +33,14 @@ redis.call('ZADD', KEYS[1], due, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return due
-";
+",
+    )
+});
 
 /// Leases up to ARGV[1] due series for ARGV[2] ms. KEYS: due. Returns {lease, members}.
-const CLAIM: &str = r"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -39,11 +49,15 @@ for _, member in ipairs(members) do
     redis.call('ZADD', KEYS[1], lease, member)
 end
 return {lease, members}
-";
+",
+    )
+});
 
 /// Moves a leased series to now + ARGV[3] ms if it still holds our lease ARGV[2] (no event
 /// came since); returns the new score, or false. KEYS: due. ARGV: member, lease, delay.
-const MOVE_LEASED: &str = r"
+static MOVE_LEASED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) ~= tonumber(ARGV[2]) then
     return false
 end
@@ -51,14 +65,18 @@ local t = redis.call('TIME')
 local score = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], score, ARGV[1])
 return score
-";
+",
+    )
+});
 
 /// Moves a leased series that could not be built (a fault, a build past its deadline) to
 /// as long from now as it has been waiting since its first pending event, within
 /// [ARGV[3], ARGV[4]] ms and scaled by ARGV[5] per mille (jitter), if it still holds our
 /// lease ARGV[2]: each retry waits about twice as long as the one before. Returns the new
 /// score, or false. KEYS: due, first. ARGV: member, lease, min, max, jitter.
-const RETRY: &str = r"
+static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) ~= tonumber(ARGV[2]) then
     return false
 end
@@ -69,11 +87,15 @@ local delay = math.min(math.max(now - first, tonumber(ARGV[3])), tonumber(ARGV[4
 local score = now + math.floor(delay * tonumber(ARGV[5]) / 1000)
 redis.call('ZADD', KEYS[1], score, ARGV[1])
 return score
-";
+",
+    )
+});
 
 /// Removes a built series unless an event rescheduled it during the build; then its
 /// first-event time restarts now. KEYS: due, first. ARGV: member, lease. Returns 1 or 0.
-const COMPLETE: &str = r"
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then
     redis.call('ZREM', KEYS[1], ARGV[1])
     redis.call('HDEL', KEYS[2], ARGV[1])
@@ -82,7 +104,9 @@ end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[2], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000))
 return 0
-";
+",
+    )
+});
 
 /// One series, as named in the schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,8 +168,7 @@ impl Schedule {
 
     /// Adds to `pipe` the marking of `series` as pending (durable once the pipe succeeds).
     pub fn add_pending(&self, pipe: &mut Pipeline, series: &SeriesRef) {
-        pipe.cmd("EVAL")
-            .arg(SCHEDULE)
+        lua::call(pipe, &SCHEDULE)
             .arg(2)
             .arg(&self.due)
             .arg(&self.first)
@@ -163,13 +186,11 @@ impl Schedule {
         max: usize,
         lease_ms: u64,
     ) -> RedisResult<Leased> {
-        let (lease, members): (i64, Vec<String>) = redis::cmd("EVAL")
-            .arg(CLAIM)
-            .arg(1)
-            .arg(&self.due)
+        let (lease, members): (i64, Vec<String>) = CLAIM
+            .key(&self.due)
             .arg(max)
             .arg(lease_ms)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
         let mut series = Vec::with_capacity(members.len());
         for member in members {
@@ -198,14 +219,12 @@ impl Schedule {
         lease: i64,
         delay_ms: u64,
     ) -> RedisResult<Option<i64>> {
-        redis::cmd("EVAL")
-            .arg(MOVE_LEASED)
-            .arg(1)
-            .arg(&self.due)
+        MOVE_LEASED
+            .key(&self.due)
             .arg(series.member())
             .arg(lease)
             .arg(delay_ms)
-            .query_async(con)
+            .invoke_async(con)
             .await
     }
 
@@ -221,17 +240,15 @@ impl Schedule {
         (min_ms, max_ms): (u64, u64),
         jitter_permille: u64,
     ) -> RedisResult<Option<i64>> {
-        redis::cmd("EVAL")
-            .arg(RETRY)
-            .arg(2)
-            .arg(&self.due)
-            .arg(&self.first)
+        RETRY
+            .key(&self.due)
+            .key(&self.first)
             .arg(series.member())
             .arg(lease)
             .arg(min_ms)
             .arg(max_ms)
             .arg(jitter_permille)
-            .query_async(con)
+            .invoke_async(con)
             .await
     }
 
@@ -243,14 +260,12 @@ impl Schedule {
         series: &SeriesRef,
         lease: i64,
     ) -> RedisResult<bool> {
-        redis::cmd("EVAL")
-            .arg(COMPLETE)
-            .arg(2)
-            .arg(&self.due)
-            .arg(&self.first)
+        COMPLETE
+            .key(&self.due)
+            .key(&self.first)
             .arg(series.member())
             .arg(lease)
-            .query_async(con)
+            .invoke_async(con)
             .await
     }
 }

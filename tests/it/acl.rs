@@ -6,7 +6,7 @@
 //! refusal, and it carries on once the operator grants the command, without a restart.
 
 use dicom_cache_warmer::{Cached, Outcome, Refresher, ServiceUrl, command_pool, keys};
-use dicom_cache_warmer::{ensure_group, read_new};
+use dicom_cache_warmer::{ReadMode, ensure_group, read_new};
 use redis::aio::MultiplexedConnection;
 
 use crate::chaos_support::{PrivateRedis, Replica, free_port};
@@ -201,7 +201,7 @@ async fn the_daemon_does_all_its_work_as_the_readme_acl_user() {
     ghost.consumer = format!("{}-ghost", ghost.consumer);
     ghost.batch_size = 10_000;
     ensure_group(&mut admin, &ghost).await.expect("group");
-    let taken = read_new(&mut admin, &ghost, true)
+    let taken = read_new(&mut admin, &ghost, ReadMode::Wait)
         .await
         .expect("ghost reads");
     assert_eq!(taken.len(), series.sops.len());

@@ -8,6 +8,10 @@ use dicom_cache_warmer::keys;
 
 use crate::helpers::TestEnv;
 
+/// Fields an oversize entry's dead letter keeps, and bytes of each name and value.
+const MAX_FIELDS: usize = 64;
+const KEEP_BYTES: usize = 1024;
+
 #[tokio::test]
 async fn every_bad_entry_is_dead_lettered_with_its_reason_and_acknowledged() {
     let env = TestEnv::new().await;
@@ -196,13 +200,22 @@ async fn every_bad_entry_is_dead_lettered_with_its_reason_and_acknowledged() {
             get("dead_consumer").as_deref(),
             Some(env.settings.stream.consumer.as_str())
         );
-        for (name, value) in fields.iter() {
-            let name = String::from_utf8_lossy(name);
+        // An oversize entry keeps its first 64 fields, each name and value cut to 1 KiB.
+        let oversize = reason.contains("is larger") || reason.contains("more than 64");
+        let kept = if oversize { MAX_FIELDS } else { fields.len() };
+        let cut = |bytes: &[u8]| bytes[..bytes.len().min(KEEP_BYTES)].to_vec();
+        for (name, value) in fields.iter().take(kept) {
+            let name = String::from_utf8_lossy(&cut(name)).into_owned();
             assert!(
-                entry.iter().any(|(k, v)| *k == name && v == value),
+                entry.iter().any(|(k, v)| *k == name && *v == cut(value)),
                 "entry {id} keeps its field {name}"
             );
         }
+        assert_eq!(
+            get("dead_original_fields"),
+            oversize.then(|| fields.len().to_string()),
+            "entry {id}: the original size is kept exactly when the entry was cut"
+        );
     }
     let (t, s) = (
         TenantId::parse(tenant).expect("tenant"),

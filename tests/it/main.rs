@@ -12,6 +12,7 @@ mod outbox;
 mod parser_props;
 mod pgbouncer;
 mod private_postgres;
+mod redis_cost;
 mod reliability;
 mod security;
 mod series;

@@ -4,7 +4,7 @@
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::{ensure_group, read_new};
+use dicom_cache_warmer::{ReadMode, ensure_group, read_new};
 
 use crate::helpers::{Daemon, TestEnv, wait_for};
 
@@ -32,7 +32,9 @@ async fn entries_left_by_a_crashed_consumer_are_reclaimed_and_the_consumer_delet
     ghost.consumer = format!("{}-ghost", ghost.consumer);
     ghost.batch_size = 10_000;
     ensure_group(&mut con, &ghost).await.expect("group");
-    let taken = read_new(&mut con, &ghost, true).await.expect("ghost reads");
+    let taken = read_new(&mut con, &ghost, ReadMode::Wait)
+        .await
+        .expect("ghost reads");
     assert_eq!(taken.len(), dataset.events.len());
 
     let daemon = env.start_daemon();
@@ -425,7 +427,7 @@ async fn delivery_counts_are_exact_when_the_consumer_owns_other_entries_in_the_r
     let mut reader = stream.clone();
     reader.batch_size = 10;
     assert_eq!(
-        read_new(&mut con, &reader, false)
+        read_new(&mut con, &reader, ReadMode::Plain)
             .await
             .expect("read")
             .len(),

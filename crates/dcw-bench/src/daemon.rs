@@ -102,6 +102,7 @@ impl Daemon {
         let child = command
             .arg("run")
             .env("DCW__DATABASE__URL", settings.database.url.expose())
+            .env("DCW__REDIS__URL", settings.redis.url.expose())
             .env("DCW__STREAM__KEY", &settings.stream.key)
             .env("DCW__STREAM__GROUP", &settings.stream.group)
             .env(

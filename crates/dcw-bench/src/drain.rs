@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::Args;
 use dcw_testkit::synthetic::Dataset;
-use dicom_cache_warmer::{Settings, StreamSettings, backlog, by_study, ensure_group};
+use dicom_cache_warmer::{ServiceUrl, Settings, StreamSettings, backlog, by_study, ensure_group};
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
 use crate::daemon::{Counters, Daemon, DaemonArgs};
 use crate::load::DatasetArgs;
+use crate::private_redis::PrivateRedis;
+use crate::probe::{PhaseLatency, Probe};
+use crate::redis_cost::{CostMark, RedisCost};
 use crate::reference;
 use crate::sampling::{CpuMark, CpuUse, format_load, load_average, machine};
 use crate::scratch::{Scratch, analyze, with_scratch};
@@ -23,6 +26,8 @@ use crate::verify::wrong_study_keys;
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// A drain that takes longer than this is reported as failed.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+/// How long the GET probe is timed before the drain, with the daemon not yet started.
+const PROBE_IDLE: Duration = Duration::from_secs(2);
 
 /// The flags of `drain`.
 #[derive(Args)]
@@ -34,15 +39,29 @@ pub(crate) struct DrainArgs {
     /// Concurrent workers of the per-event reference strategy; 0 skips it.
     #[arg(long, default_value_t = 4)]
     reference_workers: usize,
+    /// Runs on a redis-server of this run only, so that the Redis figures (slow log,
+    /// command statistics, CPU, the probe's waits) are the daemon's alone.
+    #[arg(long)]
+    private_redis: bool,
 }
 
 /// Runs the drain benchmark on a scratch environment and prints its report; fails when a
 /// study key is wrong.
 pub(crate) async fn run(
-    settings: Settings,
+    mut settings: Settings,
     config: Option<&Path>,
     args: &DrainArgs,
 ) -> anyhow::Result<()> {
+    let private_redis = if args.private_redis {
+        Some(PrivateRedis::start().await?)
+    } else {
+        None
+    };
+    if let Some(redis) = &private_redis {
+        settings.redis.url = ServiceUrl::from(redis.url.as_str());
+        settings.redis.password = None;
+        settings.redis.ca_file = None;
+    }
     let report = with_scratch(settings, async |scratch| {
         drain_on(scratch, config, args).await
     })
@@ -85,6 +104,9 @@ struct DrainReport {
     startup: Duration,
     daemon: DrainRun,
     peak_rss_kib: Option<u64>,
+    redis_cost: RedisCost,
+    probe: Vec<PhaseLatency>,
+    probe_raised_priority: bool,
     reference: Option<DrainRun>,
     load_before: [f64; 3],
     load_after_daemon: [f64; 3],
@@ -113,6 +135,12 @@ async fn drain_on(
     // first delivery on (the daemon's own create then finds it).
     ensure_group(&mut con, &settings.stream).await?;
 
+    // The server's readers, timed from their own process: idle, then during the drain.
+    let probe_key = format!("{}probe", scratch.key_prefix);
+    let mut probe = Probe::start(&mut con, settings, config, &probe_key).await?;
+    tokio::time::sleep(PROBE_IDLE).await;
+    let cost_mark = CostMark::start(&mut con).await;
+    probe.mark("drain")?;
     let load_before = load_average();
     let mark = CpuMark::now(&mut con, &pool).await;
     let mut daemon = Daemon::start(&args.daemon, settings, config).await?;
@@ -126,6 +154,9 @@ async fn drain_on(
     )
     .await;
     let load_after_daemon = load_average();
+    let redis_cost = cost_mark.finish(&mut con).await;
+    let probe_raised_priority = probe.raised_priority;
+    let probe = probe.finish()?;
     let cpu = mark.used(&mut con, &pool, daemon.pid()).await;
     let counters = daemon.counters();
     let peak_rss_kib = daemon.peak_rss_kib();
@@ -156,6 +187,9 @@ async fn drain_on(
             cpu,
         },
         peak_rss_kib,
+        redis_cost,
+        probe,
+        probe_raised_priority,
         reference,
         load_before,
         load_after_daemon,
@@ -197,6 +231,11 @@ async fn wait_drained(
 
 fn format_secs(secs: Option<f64>) -> String {
     secs.map_or("?".into(), |s| format!("{s:.2}"))
+}
+
+/// CPU seconds as microseconds per event.
+fn format_per_event_us(secs: Option<f64>, events: f64) -> String {
+    secs.map_or("?".into(), |s| format!("{:.2}", s * 1e6 / events))
 }
 
 fn cpu_json(cpu: &CpuUse) -> serde_json::Value {
@@ -285,6 +324,16 @@ impl DrainReport {
             );
         }
         row(
+            "redis CPU µs/event",
+            format_per_event_us(self.daemon.cpu.redis, events),
+            reference.map(|r| format_per_event_us(r.cpu.redis, events)),
+        );
+        row(
+            "client CPU µs/event",
+            format_per_event_us(self.daemon.cpu.client, events),
+            reference.map(|r| format_per_event_us(r.cpu.client, events)),
+        );
+        row(
             "load after (1 5 15 min)",
             format_load(self.load_after_daemon),
             self.load_after_reference.map(format_load),
@@ -313,6 +362,18 @@ impl DrainReport {
             None => println!("peak RSS         unknown (no /proc)"),
         }
         println!("load before      {}", format_load(self.load_before));
+        self.redis_cost.print(self.events);
+        let priority = if self.probe_raised_priority {
+            "raised priority"
+        } else {
+            "normal priority: run as root to raise it"
+        };
+        for phase in &self.probe {
+            println!(
+                "probe GET ({priority}) {:<6} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} GETs)",
+                phase.phase, phase.p50_ms, phase.p99_ms, phase.max_ms, phase.samples
+            );
+        }
         let mut line = json!({
             "command": "drain",
             "daemon": self.daemon_mode,
@@ -330,6 +391,9 @@ impl DrainReport {
             "peak_rss_kib": self.peak_rss_kib,
             "load_before": self.load_before,
             "load_after": self.load_after_daemon,
+            "redis_cost": self.redis_cost.json(self.events),
+            "probe": self.probe.iter().map(|p| json!({"phase": p.phase, "samples": p.samples,
+                "p50_ms": p.p50_ms, "p99_ms": p.p99_ms, "max_ms": p.max_ms})).collect::<Vec<_>>(),
         });
         if let Some(r) = reference {
             line["reference"] = json!({

@@ -15,6 +15,9 @@
 //! - `sampling`: the machine, its load average and CPU time, from /proc and the servers.
 //! - `verify`: the study keys a dataset must leave in Redis, and how many are wrong.
 //! - `drain`: the daemon drains a backlog; the figures beside the reference's.
+//! - `redis_cost`: the daemon's commands inside Redis (slow log, command statistics).
+//! - `private_redis`: a redis-server of one run, for Redis figures of the daemon alone.
+//! - `probe`: a separate process timing GETs, as the server's readers, idle and under load.
 //! - `reference`: a plain per-event worker draining the same events.
 //! - `latency`: probe events timed until their study key is visible, idle and under load.
 //! - `series`: series documents built from instance files, warm and cold page cache.
@@ -26,6 +29,9 @@ mod drain;
 mod latency;
 mod load;
 mod outbox;
+mod private_redis;
+mod probe;
+mod redis_cost;
 mod reference;
 mod sampling;
 mod scratch;
@@ -67,6 +73,10 @@ enum Command {
     /// rows) timed with and without the outbox's triggers; then studies written by one COPY
     /// with the daemon relaying the outbox, timed until every study key is warm.
     Outbox(outbox::OutboxArgs),
+    /// (Internal: started by `drain`.) GETs a key every 0.5 ms until stdin closes and
+    /// prints the latency of each phase its stdin names.
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 #[tokio::main]
@@ -84,5 +94,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Latency(args) => latency::run(settings, cli.config.as_deref(), &args).await,
         Command::Series(args) => series::run(&args),
         Command::Outbox(args) => outbox::run(settings, cli.config.as_deref(), &args).await,
+        Command::Probe(args) => tokio::task::block_in_place(|| probe::run(&settings, &args)),
     }
 }

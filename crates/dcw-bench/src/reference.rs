@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::ensure;
 use dcw_testkit::synthetic::Dataset;
 use dicom_cache_warmer::{
-    DicomStateMeta, StreamSettings, ack, backlog, command_pool, encode_study, ensure_group, keys,
-    lazy_pool, parse_event, read_new,
+    DicomStateMeta, ReadMode, StreamSettings, ack, backlog, command_pool, encode_study,
+    ensure_group, keys, lazy_pool, parse_event, read_new,
 };
 use redis::aio::MultiplexedConnection;
 use sqlx::PgPool;
@@ -124,7 +124,7 @@ async fn reference_worker(
 ) -> anyhow::Result<()> {
     let mut con = redis.get().await?;
     loop {
-        let entries = read_new(&mut *con, stream, true).await?;
+        let entries = read_new(&mut *con, stream, ReadMode::Wait).await?;
         counts.round_trips.fetch_add(1, Ordering::Relaxed);
         if entries.is_empty() {
             return Ok(());
