@@ -126,6 +126,9 @@ mod tests {
         );
         let other = RedisError::from((ErrorKind::Io, "broken pipe", String::new()));
         let kept = name_denied(other, "xrange").to_string();
-        assert!(kept.starts_with("broken pipe") && !kept.contains("NOPERM"), "{kept}");
+        assert!(
+            kept.starts_with("broken pipe") && !kept.contains("NOPERM"),
+            "{kept}"
+        );
     }
 }

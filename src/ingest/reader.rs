@@ -12,7 +12,7 @@ use crate::config::{Settings, StreamSettings};
 use crate::ingest::entry::StreamEntry;
 use crate::ingest::pace::Pace;
 use crate::ingest::stream::{self, ReadMode};
-use crate::ingest::window::Window;
+use crate::ingest::window::{MAX_STUDY_BYTES, Window};
 use crate::observe::health::Health;
 use crate::observe::metrics::{self, Counter, RoundTrip};
 use crate::redis_conn;
@@ -37,7 +37,8 @@ impl Reader {
     }
 
     /// Reads into `window` until a read comes back short (the stream is drained for now),
-    /// the window holds `stream.coalesce_entries` (or a batch of bad entries), or the
+    /// the window holds `stream.coalesce_entries` (or a batch of bad entries, or studies and
+    /// series of [`MAX_STUDY_BYTES`]), or the
     /// daemon is stopping; only the first read waits. Each further read runs in Redis while
     /// the previous one's entries are parsed here.
     pub async fn gather(
@@ -55,6 +56,7 @@ impl Reader {
             let more = entries.len() == settings.stream.batch_size
                 && window.len() + entries.len() < settings.stream.coalesce_entries
                 && window.bad().len() < settings.stream.batch_size
+                && window.study_bytes() < MAX_STUDY_BYTES
                 && !cancel.is_cancelled();
             if more {
                 self.wait_turn(cancel).await;

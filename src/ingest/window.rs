@@ -16,6 +16,23 @@ pub type StudyKey = (TenantId, Uid);
 /// No entry: the end of a study's list.
 const NONE: u32 = u32::MAX;
 
+/// Series one part of a study holds: a study naming more series in one window goes on in
+/// a new part, filled (and its series scheduled) in a later round.
+pub const SERIES_PER_PART: usize = 1_000;
+
+/// A window stops gathering once its studies and series take about this many heap bytes,
+/// however few entries it holds (each naming a new study or series).
+pub const MAX_STUDY_BYTES: usize = 16 << 20;
+
+/// Heap bytes counted for a study in the window, besides its ids' text.
+const STUDY_OVERHEAD: usize = std::mem::size_of::<StudyWork>() + 64;
+/// Heap bytes counted for a series of a study, besides its UID's text.
+const SERIES_OVERHEAD: usize = 48;
+
+/// A study's part in the window: the study, and 0 unless it named more than
+/// [`SERIES_PER_PART`] series.
+type Slot = (StudyKey, u32);
+
 /// A study in the window: what its events ask for, and its list of entries.
 #[derive(Debug)]
 struct StudyWork {
@@ -55,7 +72,11 @@ pub struct BadEntry {
 /// entry), so a window of a million entries stays a few tens of MiB.
 #[derive(Debug, Default)]
 pub struct Window {
-    studies: IndexMap<StudyKey, StudyWork, RandomState>,
+    studies: IndexMap<Slot, StudyWork, RandomState>,
+    /// The latest part of each study that has more than one.
+    parts: HashMap<StudyKey, u32, RandomState>,
+    /// About how many heap bytes the studies and their series take.
+    study_bytes: usize,
     ids: Vec<EntryId>,
     next: Vec<u32>,
     /// Delivery counts other than 1 (entries claimed back), by index in `ids`.
@@ -86,16 +107,38 @@ impl Window {
         if entry.deliveries != 1 {
             self.redelivered.insert(index, entry.deliveries);
         }
-        let work = self
-            .studies
-            .entry((event.tenant, event.study))
-            .or_insert_with(|| StudyWork {
-                kind: event.kind,
-                series: BTreeSet::new(),
-                first: index,
-                last: NONE,
-                count: 0,
-            });
+        let key = (event.tenant, event.study);
+        let mut part = self.parts.get(&key).copied().unwrap_or(0);
+        if event.kind == EventKind::Deleted {
+            // The deletion wins over every part of the study, whatever the order.
+            for earlier in 0..part {
+                if let Some(work) = self.studies.get_mut(&(key.clone(), earlier)) {
+                    work.kind = EventKind::Deleted;
+                }
+            }
+        }
+        if let (EventKind::Stored, Some(series)) = (event.kind, &event.series)
+            && self.studies.get(&(key.clone(), part)).is_some_and(|work| {
+                work.series.len() >= SERIES_PER_PART && !work.series.contains(series)
+            })
+        {
+            part += 1;
+            self.parts.insert(key.clone(), part);
+        }
+        let work = match self.studies.entry((key, part)) {
+            indexmap::map::Entry::Occupied(work) => work.into_mut(),
+            indexmap::map::Entry::Vacant(slot) => {
+                let ((tenant, study), _) = slot.key();
+                self.study_bytes += STUDY_OVERHEAD + tenant.as_str().len() + study.as_str().len();
+                slot.insert(StudyWork {
+                    kind: event.kind,
+                    series: BTreeSet::new(),
+                    first: index,
+                    last: NONE,
+                    count: 0,
+                })
+            }
+        };
         if work.last != NONE {
             self.next[work.last as usize] = index;
         }
@@ -105,8 +148,17 @@ impl Window {
             work.kind = EventKind::Deleted;
         }
         if let (EventKind::Stored, Some(series)) = (event.kind, event.series) {
-            work.series.insert(series);
+            let bytes = SERIES_OVERHEAD + series.as_str().len();
+            if work.series.insert(series) {
+                self.study_bytes += bytes;
+            }
         }
+    }
+
+    /// About how many heap bytes the window's studies and series take, as gathered (its
+    /// entries take 20 bytes each besides).
+    pub fn study_bytes(&self) -> usize {
+        self.study_bytes
     }
 
     /// Entries added so far.
@@ -130,17 +182,20 @@ impl Window {
     }
 
     /// Studies from the front, to process before [`Window::done`]: up to `studies` of
-    /// them, and no more than `entries` entries unless the first study alone has more.
+    /// them, no more than `entries` entries and [`SERIES_PER_PART`] series unless the
+    /// first study alone has more.
     pub fn front(&self, studies: usize, entries: usize) -> Vec<Study<'_>> {
-        let mut taken = 0;
+        let (mut taken, mut series) = (0, 0);
         self.studies
             .iter()
             .take(studies)
             .take_while(|(_, work)| {
                 taken += work.count;
-                taken == work.count || taken <= entries
+                series += work.series.len();
+                let first = taken == work.count;
+                first || (taken <= entries && series <= SERIES_PER_PART)
             })
-            .map(|(key, work)| Study {
+            .map(|((key, _), work)| Study {
                 key,
                 kind: work.kind,
                 series: &work.series,
@@ -252,5 +307,69 @@ mod tests {
         window.done(1);
         window.bad_done();
         assert!(window.is_empty());
+    }
+
+    #[test]
+    fn a_study_naming_many_series_goes_on_in_later_rounds() {
+        let mut window = Window::default();
+        let total = 2 * SERIES_PER_PART + 10;
+        for n in 0..total {
+            window.add(stored(&format!("1-{n}"), "1.2", &format!("1.2.{n}")));
+            // A series already in the current part stays there.
+            window.add(stored(&format!("2-{n}"), "1.2", &format!("1.2.{n}")));
+        }
+        let deleted = [
+            ("tenant_id", "t1"),
+            ("study_uid", "1.2"),
+            ("event", "deleted"),
+        ];
+        window.add(entry("3-0", &deleted, 1));
+        window.add(stored("4-0", "1.9", "1.9.1"));
+        let mut rounds = Vec::new();
+        while !window.is_empty() {
+            let round = window.front(100, 1_000_000);
+            rounds.push(
+                round
+                    .iter()
+                    .map(|study| {
+                        (
+                            study.key.1.as_str().to_owned(),
+                            study.series.len(),
+                            study.kind,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let studies = round.len();
+            drop(round);
+            window.done(studies);
+        }
+        let part = |series| ("1.2".to_owned(), series, EventKind::Deleted);
+        assert_eq!(
+            rounds,
+            [
+                vec![part(SERIES_PER_PART)],
+                vec![part(SERIES_PER_PART)],
+                vec![part(10), ("1.9".to_owned(), 1, EventKind::Stored)],
+            ],
+            "no series dropped, none in two parts, the deletion marks every part"
+        );
+    }
+
+    #[test]
+    fn counts_the_bytes_of_its_studies_and_series() {
+        let mut window = Window::default();
+        window.add(stored("1-0", "1.2", "1.2.1"));
+        let one = window.study_bytes();
+        assert!(one >= STUDY_OVERHEAD + SERIES_OVERHEAD, "{one}");
+        window.add(stored("1-1", "1.2", "1.2.1"));
+        assert_eq!(window.study_bytes(), one, "nothing new");
+        window.add(stored("1-2", "1.2", "1.2.2"));
+        assert_eq!(window.study_bytes(), one + SERIES_OVERHEAD + "1.2.2".len());
+        window.add(stored("1-3", "1.3", "1.3.1"));
+        assert_eq!(
+            window.study_bytes(),
+            2 * one + SERIES_OVERHEAD + "1.2.2".len()
+        );
     }
 }

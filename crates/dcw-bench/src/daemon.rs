@@ -99,6 +99,14 @@ impl Daemon {
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
+        for (name, root) in [
+            ("DCW__SERIES__DICOM_ROOT", &settings.series.dicom_root),
+            ("DCW__SERIES__JSON_ROOT", &settings.series.json_root),
+        ] {
+            if let Some(root) = root {
+                command.env(name, root);
+            }
+        }
         let child = command
             .arg("run")
             .env("DCW__DATABASE__URL", settings.database.url.expose())

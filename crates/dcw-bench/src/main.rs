@@ -18,6 +18,7 @@
 //! - `redis_cost`: the daemon's commands inside Redis (slow log, command statistics).
 //! - `private_redis`: a redis-server of one run, for Redis figures of the daemon alone.
 //! - `probe`: a separate process timing GETs, as the server's readers, idle and under load.
+//! - `hostile`: peak memory under input made to exhaust it (oversize entries, many series).
 //! - `reference`: a plain per-event worker draining the same events.
 //! - `latency`: probe events timed until their study key is visible, idle and under load.
 //! - `series`: series documents built from instance files, warm and cold page cache.
@@ -26,6 +27,7 @@
 
 mod daemon;
 mod drain;
+mod hostile;
 mod latency;
 mod load;
 mod outbox;
@@ -73,6 +75,10 @@ enum Command {
     /// rows) timed with and without the outbox's triggers; then studies written by one COPY
     /// with the daemon relaying the outbox, timed until every study key is warm.
     Outbox(outbox::OutboxArgs),
+    /// On a scratch database and stream: the daemon's peak memory under input made to
+    /// exhaust it (oversize entries, or one study naming 100,000 unknown series), and
+    /// whether a valid study published after it is still warmed.
+    Hostile(hostile::HostileArgs),
     /// (Internal: started by `drain`.) GETs a key every 0.5 ms until stdin closes and
     /// prints the latency of each phase its stdin names.
     #[command(hide = true)]
@@ -94,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Latency(args) => latency::run(settings, cli.config.as_deref(), &args).await,
         Command::Series(args) => series::run(&args),
         Command::Outbox(args) => outbox::run(settings, cli.config.as_deref(), &args).await,
+        Command::Hostile(args) => hostile::run(settings, cli.config.as_deref(), &args).await,
         Command::Probe(args) => tokio::task::block_in_place(|| probe::run(&settings, &args)),
     }
 }

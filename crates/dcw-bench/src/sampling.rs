@@ -132,7 +132,7 @@ impl CpuMark {
 }
 
 /// CPU seconds (user + system) a process has used, from /proc/{pid}/stat.
-fn process_cpu_secs(pid: &str) -> Option<f64> {
+pub(crate) fn process_cpu_secs(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count the fields after its ')'. utime and
     // stime are fields 14 and 15, so the 12th and 13th after the name.
