@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, TestEnv};
+use crate::helpers::{DEADLINE, TestEnv, test_connection};
 
 /// The daemon's settings that make a dead consumer's entries claimable after one second
 /// and a dead consumer deletable after one and a half (as `TestEnv::reclaim_quickly`).
@@ -460,9 +460,7 @@ impl PrivateRedis {
 
     /// A new connection to it.
     pub async fn connection(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("redis URL")
-            .get_multiplexed_async_connection()
+        test_connection(&self.url())
             .await
             .expect("connect to the private redis")
     }
@@ -503,11 +501,10 @@ impl PrivateRedis {
                 .spawn()
                 .expect("start redis-server"),
         );
-        let client = redis::Client::open(self.url()).expect("redis URL");
         let deadline = Instant::now() + DEADLINE;
         loop {
             // A loading server answers PING with an error: this waits for the data too.
-            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+            if let Ok(mut con) = test_connection(&self.url()).await {
                 let pong: redis::RedisResult<String> =
                     redis::cmd("PING").query_async(&mut con).await;
                 if pong.is_ok() {
