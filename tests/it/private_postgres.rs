@@ -31,10 +31,11 @@ fn postgres_bin_dir() -> PathBuf {
         .expect("PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin")
 }
 
-/// Runs a PostgreSQL program as the `postgres` user (initdb and postgres refuse root).
+/// Runs a PostgreSQL program as the `postgres` user (initdb and postgres refuse root),
+/// killed after two minutes.
 fn as_postgres(bin: &Path, program: &str, args: &[&str], cwd: &Path) -> std::process::ExitStatus {
-    std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--"])
+    std::process::Command::new("timeout")
+        .args(["--kill-after=5", "120", "runuser", "-u", "postgres", "--"])
         .arg(bin.join(program))
         .args(args)
         .current_dir(cwd)

@@ -15,9 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::acl::{ACL_USER, AclRule, use_readme_stream_names};
 use crate::chaos_support::free_port;
-use crate::helpers::{
-    DEADLINE, TestEnv, TestRole, daemon_command, exit_within, output_of, wait_for,
-};
+use crate::helpers::{TestEnv, TestRole, daemon_command, output_of, terminate, wait_for};
 
 /// Runs `openssl` with `args` in `dir`; panics when it fails.
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -267,13 +265,7 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
         .await
         .expect("XLEN");
     assert_eq!(dead, 0, "no command was refused to the limited user");
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().expect("running").to_string()])
-        .status()
-        .await
-        .expect("kill");
-    let status = exit_within(&mut daemon, DEADLINE, "the daemon to stop").await;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(&mut daemon).await.code(), Some(0));
 
     // Without the CA file the certificate is not trusted; without a grant the table is not readable.
     let mut without_ca = vars.clone();

@@ -14,7 +14,7 @@ use dicom_cache_warmer::{SeriesLock, document_path};
 use dicom_json::DicomJson;
 use dicom_object::InMemDicomObject;
 
-use crate::helpers::{TestEnv, wait_for};
+use crate::helpers::{TestEnv, daemon_command, terminate, wait_for};
 
 mod build;
 mod locks;

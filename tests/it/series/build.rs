@@ -163,8 +163,7 @@ async fn a_series_scheduled_by_a_daemon_killed_before_the_build_is_built_by_anot
     // The first daemon (the real binary) acknowledges the events, so the series is durably
     // scheduled, and is killed long before the series is due.
     let roots = |root: &Option<PathBuf>| root.as_ref().expect("root").display().to_string();
-    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
+    let mut first = daemon_command(&env)
         .env(
             "DCW__SERIES__DICOM_ROOT",
             roots(&env.settings.series.dicom_root),
@@ -176,7 +175,6 @@ async fn a_series_scheduled_by_a_daemon_killed_before_the_build_is_built_by_anot
         .env("DCW__SERIES__QUIET_MS", "60000")
         .env("DCW__SERIES__MAX_DELAY_MS", "60000")
         .env("DCW__LOG__LEVEL", "warn")
-        .kill_on_drop(true)
         .spawn()
         .expect("start the daemon");
     env.wait_until_drained().await;
