@@ -139,7 +139,9 @@ async fn set_negative_flag(env: &TestEnv, tenant: &TenantId, study: &Uid) {
 #[tokio::test]
 async fn negative_flags_set_after_the_fill_are_removed_by_the_repeated_second_looks() {
     let mut env = TestEnv::new().await;
-    let (tenant, study, daemon) = filled_study(&mut env, 300).await;
+    // Looks 1 s, 5 s and 30 s after the fill: two of them come after the flags below even
+    // when this test stalls for up to 5 s.
+    let (tenant, study, daemon) = filled_study(&mut env, 1_000).await;
     let flag = keys::study_negative_flag(&tenant, &study);
     // The server read the database before the commit, failed, and sets its flag now: the
     // first look removes it. Set again after that look, the next one removes it too.
