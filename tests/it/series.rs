@@ -14,7 +14,7 @@ use dicom_cache_warmer::{SeriesLock, document_path};
 use dicom_json::DicomJson;
 use dicom_object::InMemDicomObject;
 
-use crate::helpers::{TestEnv, daemon_command, terminate, wait_for};
+use crate::helpers::{DEADLINE, TestEnv, daemon_command, terminate, wait_for};
 
 mod build;
 mod locks;
@@ -282,6 +282,20 @@ async fn webworker_selects(env: &TestEnv) -> Vec<String> {
 struct Fifo {
     path: PathBuf,
     bytes: Vec<u8>,
+    /// Held open from [`Fifo::wait_for_reader`] until fed: while it is, a reader never sees
+    /// the end of the file.
+    writer: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// Opens `path` for writing without waiting: fails at once (ENXIO) when nobody reads.
+fn open_fifo_if_read(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK on Linux.
+    const O_NONBLOCK: i32 = 0o4000;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
 }
 
 impl Fifo {
@@ -293,33 +307,70 @@ impl Fifo {
             .status()
             .expect("mkfifo");
         assert!(made.success());
-        Self { path, bytes }
+        Self {
+            path,
+            bytes,
+            writer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits (at most [`DEADLINE`]) until a build opens the FIFO: from then on the build is in
+    /// the middle of reading its files (its first queries done), held here until fed.
+    async fn wait_for_reader(&self) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.writer.lock().expect("fifo writer").is_none() {
+            if let Ok(probe) = open_fifo_if_read(&self.path) {
+                // A reader is there, so a blocking open returns at once; the probe is closed
+                // only after it, so that the reader never sees the end of the file.
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .expect("open the FIFO for writing");
+                drop(probe);
+                *self.writer.lock().expect("fifo writer") = Some(writer);
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no build opened {} to read it",
+                self.path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Writes the file's bytes into it, once a build opens it.
     async fn feed(&self) {
-        let (path, bytes) = (self.path.clone(), self.bytes.clone());
-        tokio::task::spawn_blocking(move || std::fs::write(&path, bytes))
-            .await
-            .expect("writer")
-            .expect("write the pipe");
+        use std::io::Write;
+        self.wait_for_reader().await;
+        let mut writer = self
+            .writer
+            .lock()
+            .expect("fifo writer")
+            .take()
+            .expect("a writer");
+        let bytes = self.bytes.clone();
+        tokio::time::timeout(
+            DEADLINE,
+            tokio::task::spawn_blocking(move || writer.write_all(&bytes)),
+        )
+        .await
+        .expect("the build reads what is written")
+        .expect("writer")
+        .expect("write the FIFO");
     }
 }
 
 impl Drop for Fifo {
     fn drop(&mut self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK on Linux: opening for writing fails at once (ENXIO) when nobody reads.
-        const O_NONBLOCK: i32 = 0o4000;
-        let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        let deadline = std::time::Instant::now() + DEADLINE;
         while std::time::Instant::now() < deadline {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(O_NONBLOCK)
-                .open(&self.path);
-            if opened.is_err() {
+            let Ok(opened) = open_fifo_if_read(&self.path) else {
                 return;
-            }
+            };
             // Closed again: readers that opened meanwhile read the end of the file.
             drop(opened);
             std::thread::sleep(Duration::from_millis(50));

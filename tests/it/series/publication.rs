@@ -31,6 +31,8 @@ async fn a_rebuild_renames_a_complete_file_over_the_document_and_never_writes_it
             .is_some()
     })
     .await;
+    // Past its first queries, reading the files: held on the FIFO.
+    fifo.wait_for_reader().await;
     assert_eq!(
         std::fs::read(&path).expect("the document during the rebuild"),
         first,
@@ -74,6 +76,8 @@ async fn a_build_that_lost_its_lock_publishes_nothing_and_removes_its_temporary_
         env.get(&owner_key).await.is_some()
     })
     .await;
+    // Past its first queries, reading the files: held on the FIFO.
+    fifo.wait_for_reader().await;
     // The build goes on to write its temporary file, then waits for the table in its checks
     // before the rename.
     let mut hold = env.db.begin().await.expect("begin");
@@ -140,6 +144,8 @@ async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
         env.get(&owner_key).await.is_some()
     })
     .await;
+    // Past its first queries, reading the files: held on the FIFO.
+    fifo.wait_for_reader().await;
     // The owner key turns into a hash: the lock check before the rename fails with
     // WRONGTYPE, a Redis error like any other.
     let _: () = redis::pipe()
@@ -188,6 +194,8 @@ async fn a_series_deleted_during_its_build_is_not_published() {
             .is_some()
     })
     .await;
+    // Past its first queries, reading the files: held on the FIFO.
+    fifo.wait_for_reader().await;
     sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
         .bind(series.tenant.as_str())
         .bind(series.study.as_str())
