@@ -107,15 +107,12 @@ async fn a_build_that_lost_its_lock_publishes_nothing_and_removes_its_temporary_
         .query_async(&mut env.redis.clone())
         .await
         .expect("take the lock over");
-    let lost_before = builds_counted("lock_lost");
     hold.rollback().await.expect("release the table");
 
+    // Its checks now find the lock another's (the row is there, the query has no reason to
+    // fail): the lost-lock path, which removes the temporary file.
     wait_for("the temporary file to be removed", || async {
         temporaries(&document) == 0
-    })
-    .await;
-    wait_for("the build to count the lost lock", || async {
-        builds_counted("lock_lost") > lost_before
     })
     .await;
     daemon.stop().await;
