@@ -59,6 +59,8 @@ const DOWN: u8 = 2;
 pub struct Health {
     redis: AtomicU8,
     database: AtomicU8,
+    /// Why each service (in [`Service::ALL`] order) was last found unreachable.
+    causes: Mutex<[Option<String>; 2]>,
     group_ready: AtomicBool,
     stopping: AtomicBool,
     started: Instant,
@@ -79,6 +81,7 @@ impl Default for Health {
         Self {
             redis: AtomicU8::new(UNKNOWN),
             database: AtomicU8::new(UNKNOWN),
+            causes: Mutex::default(),
             group_ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
@@ -180,7 +183,15 @@ impl Health {
         for service in Service::ALL {
             match self.state(service).load(Ordering::Relaxed) {
                 UP => {}
-                DOWN => return Err(format!("{service} unreachable")),
+                DOWN => {
+                    // The cause, so that a connection refused for good (a CA that does not
+                    // sign the server's certificate, TLS the server requires) says so.
+                    let causes = self.causes.lock().expect("health lock");
+                    return Err(match &causes[service as usize] {
+                        Some(cause) => format!("{service} unreachable: {cause}"),
+                        None => format!("{service} unreachable"),
+                    });
+                }
                 _ => return Err(format!("{service} not reached yet")),
             }
         }
@@ -223,6 +234,7 @@ impl Health {
     /// Records a failed call; logs when the service was up or not yet seen.
     pub fn down(&self, service: Service, error: &dyn fmt::Display) {
         metrics::connection_error(service.label());
+        self.causes.lock().expect("health lock")[service as usize] = Some(error.to_string());
         if self.state(service).swap(DOWN, Ordering::Relaxed) != DOWN {
             tracing::warn!(%service, %error, "unreachable; retrying with backoff, entries stay pending");
         } else {
@@ -250,7 +262,10 @@ mod tests {
         health.set_group_ready(true);
         assert_eq!(health.readiness(STALL), Ok(()));
         health.down(Service::Database, &"refused");
-        assert_eq!(health.readiness(STALL), Err("postgres unreachable".into()));
+        assert_eq!(
+            health.readiness(STALL),
+            Err("postgres unreachable: refused".into())
+        );
         health.up(Service::Database);
         // A probe that succeeds does not hide work that keeps failing.
         health.work_failed(

@@ -212,14 +212,13 @@ async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
     let mut figures = Vec::new();
     let mut orphaned = Vec::new();
     let mut slowest_takeover = Duration::ZERO;
-    let mut kills_under_load = 0;
     let mut most_consumers = 0;
     for _ in 0..KILLS {
         let victim = replicas.pop().expect("a replica to kill");
         let dead_consumer = victim.consumer.clone();
         let (held, killed) = kill_holding_entries(victim, &env.redis, stream).await;
         let killed_at = Instant::now();
-        kills_under_load += usize::from(!load.is_finished());
+        assert!(!load.is_finished(), "killed under load");
         orphaned.push(held);
         figures.push(killed);
         let restarted = Replica::start(&env, &small_batches(20)).await;
@@ -251,7 +250,6 @@ async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
         );
         figures.push(replica.stop().await);
     }
-    assert!(kills_under_load >= 2, "replicas were killed under load");
     assert!(
         most_consumers > REPLICAS,
         "a killed replica stays a consumer until deleted"
@@ -269,7 +267,7 @@ async fn three_replicas_survive_one_being_killed_and_restarted_repeatedly() {
         dead_lettered: env.dead_letters().await.len(),
         redis_faulted: false,
         fault: format!(
-            "{KILLS} kill -9 ({kills_under_load} under load) leaving {orphaned:?} entries in hand, \
+            "{KILLS} kill -9 under load leaving {orphaned:?} entries in hand, \
              {reclaimed} reclaimed, consumers up to {most_consumers} then back to {REPLICAS}"
         ),
         recovery: format!(
@@ -308,13 +306,15 @@ async fn a_redis_restart_mid_drain_loses_nothing() {
     assert!(!before.is_drained(), "stopped mid-drain: {before:?}");
     let stopped = Instant::now();
     redis.stop().await;
-    let outage = Duration::from_secs(3);
-    tokio::time::sleep(outage).await;
+    wait_for("the daemon to notice the outage", || {
+        let noticed = replica.figures().saw_outage_of("redis", stopped);
+        async move { noticed }
+    })
+    .await;
+    // Down a while longer, through the daemon's retries.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed())).await;
+    let outage = stopped.elapsed();
     assert!(replica.is_running(), "the daemon outlives the outage");
-    assert!(
-        replica.figures().saw_outage_of("redis", stopped),
-        "the daemon noticed the outage"
-    );
     redis.restart().await;
     let restarted = Instant::now();
     let con = redis.connection().await;
@@ -409,18 +409,20 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
         .await
         .map(|(status, _)| status);
     assert_eq!(alive, Some(200), "liveness does not depend on PostgreSQL");
+    wait_for("the daemon to notice the outage", || {
+        let noticed = replica.figures().saw_outage_of("postgres", cut);
+        async move { noticed }
+    })
+    .await;
+    // The load goes on (its last chunk held): work piles up.
+    wait_for("work to pile up during the outage", || async {
+        !env.backlog().await.is_drained()
+    })
+    .await;
     tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
     assert!(replica.is_running(), "the daemon outlives the outage");
-    assert!(
-        replica.figures().saw_outage_of("postgres", cut),
-        "the daemon noticed the outage"
-    );
     let during = env.backlog().await;
-    assert!(
-        !during.is_drained(),
-        "work piled up during the outage: {during:?}"
-    );
-    let load_done_in_outage = load.is_finished();
+    let cut_for = cut.elapsed();
     proxy.restore();
     let restored = Instant::now();
     let published = load.finish().await;
@@ -444,16 +446,11 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
         dead_lettered: env.dead_letters().await.len(),
         redis_faulted: false,
         fault: format!(
-            "postgres cut off {} with {} pending and {} undelivered at its end (load {} during \
-             the outage)",
-            seconds(outage),
+            "postgres cut off {} with {} pending and {} undelivered at its end (load still \
+             running)",
+            seconds(cut_for),
             during.pending,
             during.lag.unwrap_or(0),
-            if load_done_in_outage {
-                "finished"
-            } else {
-                "still running"
-            }
         ),
         recovery: format!(
             "postgres reachable again {} after the restore, drained {} after",
@@ -506,8 +503,8 @@ async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang()
         .expect("publish");
     wait_for("the daemon's study query to wait for the lock", || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
         )
         .fetch_one(&env.db)
         .await

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, TestEnv};
+use crate::helpers::{DEADLINE, TestEnv, test_connection};
 
 /// The daemon's settings that make a dead consumer's entries claimable after one second
 /// and a dead consumer deletable after one and a half (as `TestEnv::reclaim_quickly`).
@@ -460,9 +460,7 @@ impl PrivateRedis {
 
     /// A new connection to it.
     pub async fn connection(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("redis URL")
-            .get_multiplexed_async_connection()
+        test_connection(&self.url())
             .await
             .expect("connect to the private redis")
     }
@@ -503,11 +501,10 @@ impl PrivateRedis {
                 .spawn()
                 .expect("start redis-server"),
         );
-        let client = redis::Client::open(self.url()).expect("redis URL");
         let deadline = Instant::now() + DEADLINE;
         loop {
             // A loading server answers PING with an error: this waits for the data too.
-            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+            if let Ok(mut con) = test_connection(&self.url()).await {
                 let pong: redis::RedisResult<String> =
                     redis::cmd("PING").query_async(&mut con).await;
                 if pong.is_ok() {
@@ -631,7 +628,10 @@ pub fn database_address(settings: &Settings) -> SocketAddr {
 /// the series they touch are committed first (`series_related_instances` counting the
 /// instances so far, as the server does), then the events are published; a pause between
 /// chunks paces it. The final rows are the dataset's, so a study key that missed a late
-/// event holds a smaller count: stale, and seen as such.
+/// event holds a smaller count: stale, and seen as such. The last chunk waits for
+/// [`LoadTask::finish`]: until then the chunk before it is published again at the same pace
+/// (its rows unchanged), so the load is still running at any fault the test makes first,
+/// however slowly the test runs.
 pub struct IngestLoad {
     /// Events per chunk.
     pub chunk: usize,
@@ -655,9 +655,32 @@ impl IngestLoad {
             .map(|row| (row.series_uid.clone(), row.clone()))
             .collect();
         let events = dataset.events.clone();
-        LoadTask(tokio::spawn(async move {
+        let (release, mut released) = watch::channel(false);
+        let task = tokio::spawn(async move {
             let mut instances: HashMap<String, i32> = HashMap::new();
-            for events in events.chunks(chunk) {
+            let chunks: Vec<&[InstanceEvent]> = events.chunks(chunk).collect();
+            let mut published = 0;
+            for (index, events) in chunks.iter().copied().enumerate() {
+                if index + 1 == chunks.len() {
+                    let again = index
+                        .checked_sub(1)
+                        .map_or(events, |previous| chunks[previous]);
+                    while !*released.borrow() {
+                        Dataset {
+                            rows: Vec::new(),
+                            events: again.to_vec(),
+                        }
+                        .publish(&mut con, &stream_key)
+                        .await
+                        .expect("publish the events again");
+                        published += again.len();
+                        tokio::select! {
+                            // Released, or the test gone.
+                            _ = released.wait_for(|released| *released) => break,
+                            () = tokio::time::sleep(pace) => {}
+                        }
+                    }
+                }
                 let mut touched: Vec<DicomStateMeta> = Vec::new();
                 for InstanceEvent { series_uid, .. } in events {
                     *instances.entry(series_uid.clone()).or_default() += 1;
@@ -681,30 +704,41 @@ impl IngestLoad {
                 .publish(&mut con, &stream_key)
                 .await
                 .expect("publish the events");
+                published += events.len();
                 tokio::time::sleep(pace).await;
             }
-            events.len()
-        }))
+            published
+        });
+        LoadTask { task, release }
     }
 }
 
 /// A running [`IngestLoad`], stopped when dropped.
-pub struct LoadTask(JoinHandle<usize>);
+pub struct LoadTask {
+    task: JoinHandle<usize>,
+    release: watch::Sender<bool>,
+}
 
 impl LoadTask {
-    /// True once every event is published.
+    /// True once every event is published (only after [`LoadTask::finish`] released the
+    /// last chunk).
     pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.task.is_finished()
     }
 
-    /// Waits for the last event to be published; returns how many were.
+    /// Lets the last chunk go and waits for it to be published; returns how many events
+    /// were (those published again included).
     pub async fn finish(mut self) -> usize {
-        (&mut self.0).await.expect("the load")
+        self.release.send_replace(true);
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("the load ends in time")
+            .expect("the load")
     }
 }
 
 impl Drop for LoadTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }

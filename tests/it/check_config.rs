@@ -1,18 +1,15 @@
 //! `check-config`: the effective settings with secrets redacted, and every check's result.
 
-use tokio::process::Command;
-
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, daemon_command, output_of};
 
 async fn check_config(env: &TestEnv, extra: &[(&str, String)]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("DCW__LOG__LEVEL", "error")
-        .arg("check-config")
-        .output()
-        .await
-        .expect("run check-config");
+    let output = output_of(
+        daemon_command(env)
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("DCW__LOG__LEVEL", "error")
+            .arg("check-config"),
+    )
+    .await;
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

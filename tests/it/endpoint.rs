@@ -5,9 +5,9 @@ use std::process::Stdio;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::helpers::{TestEnv, wait_for};
+use crate::helpers::{TestEnv, daemon_command, terminate, wait_for};
 
 /// A free loopback port (taken, then released for the daemon to bind).
 pub fn free_port() -> u16 {
@@ -31,12 +31,10 @@ pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// The daemon binary on the test's settings, its endpoint on `port`, with `vars` on top.
 fn spawn_with_endpoint(env: &TestEnv, port: u16, vars: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
+    daemon_command(env)
         .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .envs(vars.iter().copied())
         .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the daemon")
 }
@@ -103,13 +101,7 @@ async fn the_binary_reports_liveness_readiness_and_metrics_that_move_with_events
     assert!(body.contains("dcw_redis_round_trips_total{op=\"ack\"}"));
     assert_eq!(get(port, "/nope").await.map(|(s, _)| s), Some(404));
 
-    let pid = daemon.id().expect("running").to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+    assert_eq!(terminate(&mut daemon).await.code(), Some(0));
 }
 
 #[tokio::test]
@@ -185,13 +177,7 @@ async fn readiness_falls_while_redis_is_down_and_liveness_does_not() {
     })
     .await;
 
-    let pid = daemon.id().expect("running").to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+    assert_eq!(terminate(&mut daemon).await.code(), Some(0));
 }
 
 /// Every metric family the daemon exports before its first event (the stream gauges
@@ -233,14 +219,11 @@ const FAMILIES_AT_START: [&str; 30] = [
 async fn a_clean_start_exports_every_metric_at_zero_and_logs_no_warning() {
     let env = TestEnv::new().await;
     let port = free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
+    let mut daemon = daemon_command(&env)
         .env("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("DCW__LOG__LEVEL", "info")
-        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the daemon");
     let stderr = daemon.stderr.take().expect("stderr");
@@ -287,17 +270,7 @@ async fn a_clean_start_exports_every_metric_at_zero_and_logs_no_warning() {
         "dcw_build_info = 1"
     );
 
-    let pid = daemon.id().expect("running").to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    let status = tokio::time::timeout(crate::helpers::DEADLINE, daemon.wait())
-        .await
-        .expect("the daemon stops in time")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(&mut daemon).await.code(), Some(0));
     let log = log.await.expect("log task").expect("read the log");
     assert!(log.contains("INFO"), "an info-level log:\n{log}");
     for level in ["WARN", "ERROR"] {

@@ -21,6 +21,21 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long a test's own Redis command may wait for its answer: far above redis-rs' 500 ms
+/// default, which a loaded machine (16 test threads on 2 cores) exceeds now and then.
+const TEST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection for a test's own Redis reads and writes (not the daemon's), with a generous
+/// response timeout.
+pub async fn test_connection(url: &str) -> redis::RedisResult<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TEST_RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(TEST_RESPONSE_TIMEOUT));
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 fn admin_database_url() -> String {
     std::env::var("DCW_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -86,11 +101,7 @@ impl TestEnv {
         settings.validate().expect("test settings are valid");
 
         let db = lazy_pool(&settings.database).expect("pool");
-        let redis = redis::Client::open(redis_url())
-            .expect("redis URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let redis = test_connection(&redis_url()).await.expect("redis");
         Self {
             settings,
             db,
@@ -270,11 +281,7 @@ impl Drop for TestEnv {
                     .execute(&admin)
                     .await;
                 }
-                if let Ok(mut con) = redis::Client::open(redis_url())
-                    .expect("redis URL")
-                    .get_multiplexed_async_connection()
-                    .await
-                {
+                if let Ok(mut con) = test_connection(&redis_url()).await {
                     let mut doomed: Vec<String> = keys.to_vec();
                     let mut cursor: u64 = 0;
                     loop {
@@ -402,6 +409,56 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The real binary pointed at `env`'s slice ([`TestEnv::daemon_env`]), killed when dropped,
+/// with `RUST_LOG` cleared: its log level is the test's `DCW__LOG__LEVEL` (info unless set),
+/// so that a developer's `RUST_LOG=warn` cannot hide a line a test waits for.
+pub fn daemon_command(env: &TestEnv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"));
+    command
+        .env_remove("RUST_LOG")
+        .envs(env.daemon_env())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` to its end and returns what it printed; panics after [`DEADLINE`] (the
+/// child is killed then, `kill_on_drop`).
+pub async fn output_of(command: &mut tokio::process::Command) -> std::process::Output {
+    command.kill_on_drop(true);
+    tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not exit within {DEADLINE:?}"))
+        .expect("run the command")
+}
+
+/// Waits for `child` to exit, at most `within`; panics naming `what` when it does not.
+pub async fn exit_within(
+    child: &mut tokio::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    tokio::time::timeout(within, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {within:?} waiting for {what}"))
+        .expect("wait for the child")
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit, at most [`DEADLINE`].
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("the child is running");
+    crate::chaos_support::send_signal("-TERM", pid).await;
+    exit_within(child, DEADLINE, "the daemon to stop after SIGTERM").await
+}
+
+/// Waits for `child` to exit and returns its output, at most [`DEADLINE`].
+pub async fn output_within(child: tokio::process::Child, what: &str) -> std::process::Output {
+    tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {DEADLINE:?} waiting for {what}"))
+        .expect("wait for the child")
 }
 
 /// Reads a child's log until a line contains `needle`; panics if the log ends first or

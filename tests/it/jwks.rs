@@ -246,6 +246,24 @@ pub(crate) async fn ttl(con: &MultiplexedConnection, key: &str) -> i64 {
         .expect("TTL")
 }
 
+/// The key's time to live in ms (-2 when it does not exist).
+async fn pttl(con: &MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut con.clone())
+        .await
+        .expect("PTTL")
+}
+
+/// Redis' clock, in ms since the epoch.
+async fn redis_now_ms(con: &MultiplexedConnection) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut con.clone())
+        .await
+        .expect("TIME");
+    secs * 1_000 + micros / 1_000
+}
+
 /// Sets the TTL of `key`, which must exist.
 pub(crate) async fn expire(con: &MultiplexedConnection, key: &str, secs: u64) {
     let mut con = con.clone();
@@ -550,7 +568,11 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
         get_bytes(&con, JWKS_KEY).await.as_deref() == Some(KEY_SET.as_bytes())
     })
     .await;
-    assert!((1..=3).contains(&ttl(&con, JWKS_KEY).await));
+    // Written with jwks.ttl_secs (no TTL reads -1, a longer one more than 3).
+    wait_for("the key set's TTL of at most 3 s", || async {
+        (1..=3).contains(&ttl(&con, JWKS_KEY).await)
+    })
+    .await;
     let first = idp.hits();
     wait_for("two more refreshes, one period apart", || async {
         idp.hits() >= first + 2
@@ -562,11 +584,16 @@ async fn the_daemon_keeps_the_servers_key_warm_on_schedule_and_stops_on_cancel()
     })
     .await;
 
-    // Down for longer than the TTL: the key set stays, extended on each failed refresh.
+    // Down for longer than the TTL the key set had then (by Redis' clock, which expires
+    // it): the key set stays, extended on each failed refresh.
     idp.reply_with(Reply::Status(500));
     let down = idp.hits();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(idp.hits() >= down + 3, "retried while down");
+    let expiring_at = redis_now_ms(&con).await + pttl(&con, JWKS_KEY).await;
+    wait_for(
+        "three failed refreshes, past the key set's old expiry",
+        || async { idp.hits() >= down + 3 && redis_now_ms(&con).await > expiring_at },
+    )
+    .await;
     assert_eq!(
         get_bytes(&con, JWKS_KEY).await.as_deref(),
         Some(ROTATED_KEY_SET.as_bytes())
@@ -632,15 +659,15 @@ async fn readiness_fails_while_no_key_set_is_cached_and_says_why() {
     let (_, metrics) = get("/metrics").await.expect("metrics");
     let exported = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(exported.path(), &metrics).expect("write the metrics");
-    let checked = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/check-dashboard.py"
-        ))
-        .arg(exported.path())
-        .output()
-        .await
-        .expect("run check-dashboard.py");
+    let checked = crate::helpers::output_of(
+        tokio::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/check-dashboard.py"
+            ))
+            .arg(exported.path()),
+    )
+    .await;
     assert!(
         checked.status.success(),
         "{}{}",

@@ -273,14 +273,9 @@ async fn behind_pgbouncer_the_timeout_set_per_transaction_cancels_a_stuck_query_
         .await
         .expect("lock dicom_state_meta");
     let timed_out = "canceling statement due to statement timeout";
-    let asked = Instant::now();
+    // The server's own words: its statement timeout, not the client's deadline.
     let (ok, line) = check_postgres(&env, &vars).await;
     assert!(!ok && line.contains(timed_out), "{line}");
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
     let warmed = run_binary(&env, &vars, &["warm", "--all"]).await;
     let said = String::from_utf8_lossy(&warmed.stderr);
     assert_eq!(warmed.status.code(), Some(1), "{said}");

@@ -1,7 +1,8 @@
 //! PostgreSQL over TLS with `sslmode=verify-full`: a private cluster of the test's own that
 //! accepts nothing but TLS (`hostssl`, no `host` line), its certificate signed by a CA made in
 //! the test. The real binary migrates and warms through it; with another CA, or without TLS,
-//! it fails with a message naming the cause.
+//! `warm` and `check-config` fail with a message naming the cause, and the daemon is not
+//! ready, naming it, until the connection verifies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,8 +10,8 @@ use std::process::Stdio;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use sqlx::PgPool;
 
-use crate::chaos_support::{check_cache, free_port};
-use crate::helpers::TestEnv;
+use crate::chaos_support::{Replica, check_cache, free_port};
+use crate::helpers::{TestEnv, wait_for};
 use crate::security::{make_certificates, openssl, run_binary};
 
 /// The newest PostgreSQL server binaries in `/usr/lib/postgresql/*/bin`.
@@ -30,10 +31,11 @@ fn postgres_bin_dir() -> PathBuf {
         .expect("PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin")
 }
 
-/// Runs a PostgreSQL program as the `postgres` user (initdb and postgres refuse root).
+/// Runs a PostgreSQL program as the `postgres` user (initdb and postgres refuse root),
+/// killed after two minutes.
 fn as_postgres(bin: &Path, program: &str, args: &[&str], cwd: &Path) -> std::process::ExitStatus {
-    std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--"])
+    std::process::Command::new("timeout")
+        .args(["--kill-after=5", "120", "runuser", "-u", "postgres", "--"])
         .arg(bin.join(program))
         .args(args)
         .current_dir(cwd)
@@ -292,4 +294,64 @@ async fn postgres_over_verify_full_tls_warms_and_refuses_another_ca_another_name
         said.contains("no pg_hba.conf entry") && said.contains("no encryption"),
         "{said}"
     );
+}
+
+#[tokio::test]
+async fn the_daemon_over_tls_that_does_not_verify_is_not_ready_and_says_why_until_it_does() {
+    let env = TestEnv::new().await;
+    let postgres = PrivatePostgres::start();
+    let verified = postgres.url(
+        "dicom",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            postgres.ca_file.display()
+        ),
+    );
+    let migrated = run_binary(&env, &database_url(&verified), &["migrate"]).await;
+    assert!(
+        migrated.status.success(),
+        "migrate over TLS: {}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    // The CA file the daemon is given: first another CA's, later the right one.
+    let others = tempfile::tempdir().expect("another CA's directory");
+    make_certificates(others.path());
+    let ca_file = others.path().join("given-ca.crt");
+    std::fs::copy(others.path().join("ca.crt"), &ca_file).expect("another CA");
+    let untrusted = postgres.url(
+        "dicom",
+        &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+    );
+    let plain = postgres.url("dicom", "sslmode=disable");
+
+    for (url, cause) in [
+        (&plain, "no pg_hba.conf entry"),
+        (&untrusted, "invalid peer certificate: BadSignature"),
+    ] {
+        let port = free_port();
+        let replica = Replica::start(
+            &env,
+            &[
+                ("DCW__DATABASE__URL", url.clone()),
+                ("DCW__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            ],
+        )
+        .await;
+        wait_for("readiness to name the cause", || async {
+            crate::endpoint::get(port, "/readyz")
+                .await
+                .is_some_and(|(status, body)| status == 503 && body.contains(cause))
+        })
+        .await;
+        if url == &untrusted {
+            std::fs::copy(&postgres.ca_file, &ca_file).expect("the right CA");
+            wait_for("readiness once the certificate verifies", || async {
+                crate::endpoint::get(port, "/readyz")
+                    .await
+                    .is_some_and(|(status, _)| status == 200)
+            })
+            .await;
+        }
+        replica.stop().await;
+    }
 }

@@ -4,7 +4,7 @@
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
-use dicom_cache_warmer::{ReadMode, ensure_group, read_new};
+use dicom_cache_warmer::{ReadMode, encode_study, ensure_group, read_new};
 
 use crate::helpers::{Daemon, TestEnv, wait_for};
 
@@ -141,7 +141,9 @@ async fn set_negative_flag(env: &TestEnv, tenant: &TenantId, study: &Uid) {
 #[tokio::test]
 async fn negative_flags_set_after_the_fill_are_removed_by_the_repeated_second_looks() {
     let mut env = TestEnv::new().await;
-    let (tenant, study, daemon) = filled_study(&mut env, 300).await;
+    // Looks 1 s, 5 s and 30 s after the fill: two of them come after the flags below even
+    // when this test stalls for up to 5 s.
+    let (tenant, study, daemon) = filled_study(&mut env, 1_000).await;
     let flag = keys::study_negative_flag(&tenant, &study);
     // The server read the database before the commit, failed, and sets its flag now: the
     // first look removes it. Set again after that look, the next one removes it too.
@@ -478,4 +480,107 @@ async fn delivery_counts_are_exact_when_the_consumer_owns_other_entries_in_the_r
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(deliveries.as_deref(), Some("5"), "{id}");
     }
+}
+
+#[tokio::test]
+async fn an_idle_consumer_that_still_owns_entries_is_not_deleted() {
+    let mut env = TestEnv::new().await;
+    let dataset = small_dataset(&env, 2);
+    env.load(&dataset).await;
+    let mut con = env.redis.clone();
+    // A consumer that read everything and died, and one that never read anything.
+    let mut owner = env.settings.stream.clone();
+    owner.consumer = format!("{}-owner", owner.consumer);
+    owner.batch_size = 10_000;
+    ensure_group(&mut con, &owner).await.expect("group");
+    let taken = read_new(&mut con, &owner, true)
+        .await
+        .expect("the owner reads");
+    assert_eq!(taken.len(), dataset.events.len());
+    let empty = format!("{}-empty", env.settings.stream.consumer);
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&env.settings.stream.key)
+        .arg(&env.settings.stream.group)
+        .arg(&empty)
+        .query_async(&mut con)
+        .await
+        .expect("XGROUP CREATECONSUMER");
+    // Settings no start would accept (validation wants stale_consumer_ms above
+    // claim_idle_ms): nothing is claimed for ten minutes, but consumers idle for 300 ms are
+    // deleted, so the deletion runs while the owner still holds its entries.
+    env.settings.stream.claim_idle_ms = 600_000;
+    env.settings.stream.stale_consumer_ms = 300;
+    wait_for("both consumers to be idle for longer than that", || async {
+        let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&env.settings.stream.key)
+            .arg(&env.settings.stream.group)
+            .query_async(&mut env.redis.clone())
+            .await
+            .expect("XINFO CONSUMERS");
+        reply.consumers.iter().filter(|c| c.idle > 300).count() == 2
+    })
+    .await;
+
+    let daemon = env.start_daemon();
+    wait_for(
+        "the idle consumer that owns nothing to be deleted",
+        || async { !env.consumers().await.contains(&empty) },
+    )
+    .await;
+    daemon.stop().await;
+    assert!(
+        env.consumers().await.contains(&owner.consumer),
+        "an idle consumer that owns entries stays: deleting it would drop them"
+    );
+    assert_eq!(
+        env.backlog().await.pending,
+        dataset.events.len(),
+        "its entries stay pending, to be claimed"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_event_for_a_study_that_still_has_rows_fills_it_with_them() {
+    let env = TestEnv::new().await;
+    let (dataset, first) = study_of_two_series(&env);
+    env.load(&dataset).await;
+    env.drain().await;
+    let row = &dataset.rows[0];
+    let (tenant, study) = (
+        TenantId::parse(&row.tenant_id).expect("tenant"),
+        Uid::parse(&row.study_uid).expect("uid"),
+    );
+    let key = keys::study_metadata(&tenant, &study);
+    assert_eq!(
+        env.get(&key).await,
+        Some(encode_study(&dataset.rows)),
+        "both series"
+    );
+
+    // The server deletes one series and announces it as a deletion in the study.
+    sqlx::query("DELETE FROM dicom_state_meta WHERE series_uid = $1")
+        .bind(&dataset.rows[1].series_uid)
+        .execute(&env.db)
+        .await
+        .expect("delete the second series");
+    let _: String = redis::cmd("XADD")
+        .arg(&env.settings.stream.key)
+        .arg("*")
+        .arg("tenant_id")
+        .arg(tenant.as_str())
+        .arg("study_uid")
+        .arg(study.as_str())
+        .arg("event")
+        .arg("deleted")
+        .query_async(&mut env.redis.clone())
+        .await
+        .expect("XADD");
+    env.drain().await;
+    assert_eq!(
+        env.get(&key).await,
+        Some(encode_study(&first)),
+        "filled again with the series left, not removed"
+    );
 }

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::acl::{ACL_USER, AclRule, use_readme_stream_names};
 use crate::chaos_support::free_port;
-use crate::helpers::{DEADLINE, TestEnv, TestRole, wait_for};
+use crate::helpers::{TestEnv, TestRole, daemon_command, output_of, terminate, wait_for};
 
 /// Runs `openssl` with `args` in `dir`; panics when it fails.
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -139,17 +139,13 @@ pub async fn run_binary(
     vars: &[(&str, String)],
     args: &[&str],
 ) -> std::process::Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("DCW__LOG__LEVEL", "warn")
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(DEADLINE, output)
-        .await
-        .expect("the binary exits in time")
-        .expect("run the binary")
+    output_of(
+        daemon_command(env)
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("DCW__LOG__LEVEL", "warn")
+            .args(args),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -221,11 +217,9 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
     );
     assert!(!String::from_utf8_lossy(&checked.stdout).contains("warmer-secret"));
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
+    let mut daemon = daemon_command(&env)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DCW__LOG__LEVEL", "warn")
-        .kill_on_drop(true)
         .spawn()
         .expect("start the daemon");
     wait_for("the group to drain over TLS", || {
@@ -271,12 +265,7 @@ async fn the_daemon_works_over_tls_with_the_least_privileged_redis_user_and_data
         .await
         .expect("XLEN");
     assert_eq!(dead, 0, "no command was refused to the limited user");
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().expect("running").to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+    assert_eq!(terminate(&mut daemon).await.code(), Some(0));
 
     // Without the CA file the certificate is not trusted; without a grant the table is not readable.
     let mut without_ca = vars.clone();

@@ -11,20 +11,21 @@ use dicom_cache_warmer::DicomStateMeta;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::chaos_support::{check_cache, send_signal};
-use crate::helpers::{DEADLINE, TestEnv, wait_for, wait_for_log_line};
+use crate::helpers::{
+    DEADLINE, TestEnv, daemon_command, exit_within, output_of, output_within, wait_for,
+    wait_for_log_line,
+};
 
 async fn warm(env: &TestEnv, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .env("DCW__LOG__LEVEL", "warn")
-        .arg("warm")
-        .args(args)
-        .output()
-        .await
-        .expect("run warm");
+    let output = output_of(
+        daemon_command(env)
+            .env("DCW__LOG__LEVEL", "warn")
+            .arg("warm")
+            .args(args),
+    )
+    .await;
     assert!(
         output.status.success(),
         "warm failed: {}",
@@ -112,12 +113,7 @@ async fn warm_fills_exactly_the_selected_studies() {
 #[tokio::test]
 async fn warm_without_a_selection_refuses_to_run() {
     let env = TestEnv::new().await;
-    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .arg("warm")
-        .output()
-        .await
-        .expect("run warm");
+    let output = output_of(daemon_command(&env).arg("warm")).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--all"));
 }
@@ -133,15 +129,14 @@ async fn warm_with_series_schedules_every_series_of_the_warmed_studies() {
     });
     dataset.insert(&env.db).await.expect("insert rows");
     let roots = tempfile::tempdir().expect("roots");
-    let output = Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
-        .env("DCW__SERIES__DICOM_ROOT", roots.path())
-        .env("DCW__SERIES__JSON_ROOT", roots.path())
-        .env("DCW__LOG__LEVEL", "warn")
-        .args(["warm", "--all", "--series"])
-        .output()
-        .await
-        .expect("run warm");
+    let output = output_of(
+        daemon_command(&env)
+            .env("DCW__SERIES__DICOM_ROOT", roots.path())
+            .env("DCW__SERIES__JSON_ROOT", roots.path())
+            .env("DCW__LOG__LEVEL", "warn")
+            .args(["warm", "--all", "--series"]),
+    )
+    .await;
     assert!(
         output.status.success(),
         "{}",
@@ -168,14 +163,12 @@ fn spawn_warm(env: &TestEnv, args: &[&str]) -> tokio::process::Child {
 }
 
 fn spawn_warm_logging(env: &TestEnv, level: &str, args: &[&str]) -> tokio::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_dicom-cache-warmer"))
-        .envs(env.daemon_env())
+    daemon_command(env)
         .env("DCW__LOG__LEVEL", level)
         .arg("warm")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start warm")
 }
@@ -197,20 +190,15 @@ async fn warm_keeps_to_its_rate() {
     let tenant = format!("{}0", env.tenant_prefix);
 
     let started = Instant::now();
-    let output = spawn_warm(
-        &env,
-        &[
-            "--tenant",
-            &tenant,
-            "--page-size",
-            &PAGE.to_string(),
-            "--rate",
-            &RATE.to_string(),
-        ],
-    )
-    .wait_with_output()
-    .await
-    .expect("run warm");
+    let args = [
+        "--tenant",
+        &tenant,
+        "--page-size",
+        &PAGE.to_string(),
+        "--rate",
+        &RATE.to_string(),
+    ];
+    let output = output_within(spawn_warm(&env, &args), "warm").await;
     let elapsed = started.elapsed();
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -224,15 +212,13 @@ async fn warm_keeps_to_its_rate() {
     );
     // Pages start no sooner than the rate allows for every study listed so far: only the
     // last page's studies can be ahead of the rate, so the run lasts at least this long
-    // (src/warm.rs even waits for a page's own studies: STUDIES / RATE, 2.5 s).
+    // (src/warm.rs even waits for a page's own studies: STUDIES / RATE, 2.5 s). A lower
+    // bound only: a loaded machine makes the run longer, never shorter.
     let at_least = Duration::from_secs_f64((STUDIES - PAGE) as f64 / RATE);
     assert!(
         elapsed >= at_least,
         "{STUDIES} studies at {RATE}/s took {elapsed:?}, less than {at_least:?}: {summary}"
     );
-    // And the pacing is all it waits for.
-    let at_most = Duration::from_secs_f64(STUDIES as f64 / RATE) + Duration::from_secs(5);
-    assert!(elapsed < at_most, "took {elapsed:?}: {summary}");
     let cache = check_cache(&env.redis, &dataset.rows).await;
     assert_eq!(cache.correct, STUDIES, "{:?}", cache.wrong);
 }
@@ -306,23 +292,22 @@ async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
         cached_studies(&env, &selected_studies).await.len() >= 2
     })
     .await;
-    let signalled = Instant::now();
-    send_signal("-INT", pid).await;
-    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+    // The table held, warm's next page waits until Ctrl-C is sent, however slowly this test
+    // runs: it cannot reach the end of the selection first.
+    let mut hold = env.db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
         .await
-        .expect("warm exits after Ctrl-C")
-        .expect("wait for warm");
-    let stopped_in = signalled.elapsed();
+        .expect("lock the table");
+    send_signal("-INT", pid).await;
+    hold.rollback().await.expect("release the table");
+    let output = output_within(child, "warm to exit after Ctrl-C").await;
     let summary = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
         Some(0),
         "an interrupted warm exits 0 (README): {summary} {}",
         String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stopped_in < Duration::from_secs(2),
-        "warm took {stopped_in:?} to stop"
     );
     let filled_before = cached_studies(&env, &selected_studies).await.len();
     assert!(
@@ -345,10 +330,7 @@ async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
     untouched().await;
 
     // The same command again fills every selected study.
-    let rerun = spawn_warm(&env, &warm_args)
-        .wait_with_output()
-        .await
-        .expect("run warm again");
+    let rerun = output_within(spawn_warm(&env, &warm_args), "warm to run again").await;
     let summary = String::from_utf8_lossy(&rerun.stdout);
     assert!(rerun.status.success(), "{summary}");
     assert!(
@@ -387,10 +369,8 @@ async fn a_second_ctrl_c_ends_warm_at_once_even_with_a_query_in_hand() {
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
     wait_for_log_line(&mut log, "stopping: finishing the work in hand").await;
     send_signal("-INT", pid).await;
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .expect("exits at once, with its query still waiting")
-        .expect("wait for warm");
+    // 130 is only the forced exit's: a warm that waited for its query would exit 0 or 1.
+    let status = exit_within(&mut child, DEADLINE, "warm to exit at the second Ctrl-C").await;
     assert_eq!(status.code(), Some(130));
     blocker.rollback().await.expect("release the lock");
 }
