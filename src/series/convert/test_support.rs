@@ -39,6 +39,7 @@ pub(super) fn ct(sop_uid: &str, instance_number: Option<i32>) -> CtInstance<'_> 
 pub(super) fn opts(base: Option<&str>) -> DocumentOptions {
     DocumentOptions {
         bulkdata_base_url: base.map(str::to_owned),
+        ..DocumentOptions::default()
     }
 }
 
