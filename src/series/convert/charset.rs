@@ -364,7 +364,15 @@ fn code_of(term: &str) -> Option<Code> {
 
 #[cfg(test)]
 mod tests {
+    use dicom_core::{Tag, VR};
+    use dicom_dictionary_std::tags;
+    use serde_json::json;
+
     use super::*;
+    use crate::series::convert::test_support::{
+        ITEM, ITEM_END, SEQUENCE_END, element, explicit, explicit_le_with, from_bytes, in_memory,
+        parse, undefined,
+    };
 
     /// Resets of text values and of person name components.
     const TEXT: &[u8] = b"\r\n\t\x0C";
@@ -484,5 +492,34 @@ mod tests {
         assert_eq!(latin.decode(b"\x1b-L\xbb^\xe9", PN), "Л^é");
         // An unknown escape is kept as the control character it is.
         assert_eq!(latin.decode(b"\x1b%Gx", TEXT), "\u{1b}%Gx");
+    }
+
+    #[test]
+    fn an_item_character_set_ends_with_its_item() {
+        let obj = in_memory(vec![element(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            "ISO_IR 192",
+        )]);
+        let bytes = explicit_le_with(
+            &obj,
+            &[
+                &undefined(tags::REFERENCED_SERIES_SEQUENCE, Some(b"SQ"), false),
+                &undefined(ITEM, None, false),
+                &explicit(tags::SPECIFIC_CHARACTER_SET, b"CS", b"ISO_IR 100"),
+                &explicit(tags::PATIENT_NAME, b"PN", b"J\xe9r\xf4me "),
+                &undefined(ITEM_END, None, false),
+                &undefined(SEQUENCE_END, None, false),
+                &explicit(Tag(0x0010, 0x0010), b"PN", "Müller ".as_bytes()),
+            ],
+        );
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        let item = &json["00081115"]["Value"][0];
+        assert_eq!(item["00100010"]["Value"], json!([{"Alphabetic": "Jérôme"}]));
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Müller"}]),
+            "UTF-8 again after the item"
+        );
     }
 }

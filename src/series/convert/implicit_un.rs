@@ -8,8 +8,8 @@ use std::io::Read;
 use std::rc::Rc;
 
 use dicom_core::Tag;
+use dicom_core::VR;
 use dicom_core::header::{DataElementHeader, SequenceItemHeader};
-use dicom_core::{Length, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 use dicom_encoding::decode::implicit_le::ImplicitVRLittleEndianDecoder;
 use dicom_encoding::decode::{DecodeFrom, Result};
@@ -68,7 +68,7 @@ impl<R: Read> DecodeFrom<R> for HeaderDecoder<R> {
         let depth = &self.depth.0;
         if header.tag == SEQUENCE_DELIMITER {
             depth.set(depth.get().saturating_sub(1));
-        } else if header.len == Length::UNDEFINED && header.tag.group() != 0xFFFE {
+        } else if header.len.is_undefined() && header.tag.group() != 0xFFFE {
             if inside {
                 depth.set(depth.get() + 1);
             } else if header.vr == VR::UN {
@@ -89,5 +89,101 @@ impl<R: Read> DecodeFrom<R> for HeaderDecoder<R> {
 
     fn decode_tag(&self, source: &mut R) -> Result<Tag> {
         self.current().decode_tag(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::Tag;
+    use dicom_dictionary_std::{tags, uids};
+    use serde_json::json;
+
+    use crate::series::convert::test_support::{
+        ITEM, ITEM_END, SEQUENCE_END, assert_structure, from_bytes, implicit, in_memory, parse,
+        part10, undefined,
+    };
+
+    /// Explicit VR big endian (retired, still read).
+    const BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+    /// pydicom's `UN_sequence.dcm`, in short: a private undefined-length UN whose value is
+    /// an implicit VR little endian sequence, then an element in the file's own encoding.
+    fn un_sequence(ts: &str) -> Vec<u8> {
+        let big_endian = ts == BIG_ENDIAN;
+        let explicit_vr = ts != uids::IMPLICIT_VR_LITTLE_ENDIAN;
+        let mut bytes = part10(&in_memory(Vec::new()), ts);
+        let un = Tag(0x4453, 0x100C);
+        bytes.extend(undefined(un, explicit_vr.then_some(b"UN"), big_endian));
+        for part in [
+            undefined(ITEM, None, false),
+            undefined(tags::REFERENCED_SERIES_SEQUENCE, None, false),
+            undefined(ITEM, None, false),
+            implicit(
+                tags::REFERENCED_SOP_CLASS_UID,
+                b"1.2.840.10008.5.1.4.1.1.2\0",
+            ),
+            implicit(tags::REFERENCED_SOP_INSTANCE_UID, b"1.2.3\0"),
+            undefined(ITEM_END, None, false),
+            undefined(SEQUENCE_END, None, false),
+            implicit(tags::STUDY_INSTANCE_UID, b"1.2.3.4\0"),
+            implicit(tags::ROWS, &512_u16.to_le_bytes()),
+            undefined(ITEM_END, None, false),
+            undefined(SEQUENCE_END, None, false),
+        ] {
+            bytes.extend(part);
+        }
+        // (4455,0010) LO "ACME" in the file's encoding.
+        if !explicit_vr {
+            bytes.extend(implicit(Tag(0x4455, 0x0010), b"ACME"));
+            return bytes;
+        }
+        let (group, element, len) = if big_endian {
+            (
+                0x4455_u16.to_be_bytes(),
+                0x0010_u16.to_be_bytes(),
+                4_u16.to_be_bytes(),
+            )
+        } else {
+            (
+                0x4455_u16.to_le_bytes(),
+                0x0010_u16.to_le_bytes(),
+                4_u16.to_le_bytes(),
+            )
+        };
+        bytes.extend([group, element].concat());
+        bytes.extend(b"LO");
+        bytes.extend(len);
+        bytes.extend(b"ACME");
+        bytes
+    }
+
+    #[test]
+    fn undefined_length_un_is_an_implicit_vr_sequence_written_as_sq() {
+        for ts in [
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            BIG_ENDIAN,
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        ] {
+            let instance = from_bytes(&un_sequence(ts), None);
+            let json = parse(instance.expect(ts).as_bytes());
+            assert_structure(&json);
+            assert_eq!(
+                json["4453100C"],
+                json!({"vr": "SQ", "Value": [{
+                    "00081115": {"vr": "SQ", "Value": [{
+                        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+                        "00081155": {"vr": "UI", "Value": ["1.2.3"]}
+                    }]},
+                    "0020000D": {"vr": "UI", "Value": ["1.2.3.4"]},
+                    "00280010": {"vr": "US", "Value": [512]}
+                }]}),
+                "{ts}"
+            );
+            assert_eq!(
+                json["44550010"],
+                json!({"vr": "LO", "Value": ["ACME"]}),
+                "{ts}: read on in the file's encoding"
+            );
+        }
     }
 }

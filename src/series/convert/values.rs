@@ -468,8 +468,8 @@ mod tests {
     use serde_json::json;
 
     use crate::series::convert::test_support::{
-        SOP, assert_structure, element, explicit_le, fixture_json, from_bytes, in_memory,
-        memory_json, parse, part10,
+        SOP, assert_structure, element, explicit, explicit_le, explicit_le_with, fixture_json,
+        from_bytes, in_memory, memory_json, parse, part10,
     };
 
     #[test]
@@ -580,9 +580,24 @@ mod tests {
                     "1e3\\abc\\ \\+2.50\\NaN\\1e999",
                 ),
                 element(tags::RESCALE_INTERCEPT, VR::DS, "-0.1"),
+                element(
+                    tags::SLICE_LOCATION,
+                    VR::DS,
+                    "9007199254740993\\9007199254740991\\-12345678901234567890.0\\1e300",
+                ),
                 element(tags::NUMBER_OF_FRAMES, VR::IS, "   "),
             ],
             None,
+        );
+        assert_eq!(
+            json["00201041"]["Value"],
+            json!([
+                "9007199254740993",
+                9_007_199_254_740_991_i64,
+                "-12345678901234567890.0",
+                "1e300"
+            ]),
+            "integral DS beyond 2^53 keeps its digits"
         );
         assert_eq!(json["00200011"]["Value"], json!([12]));
         assert_eq!(json["00200012"]["Value"], json!(["1.5"]));
@@ -592,6 +607,47 @@ mod tests {
         );
         assert_eq!(json["00281052"]["Value"], json!([-0.1]));
         assert_eq!(json["00280008"], json!({"vr": "IS"}));
+    }
+
+    #[test]
+    fn each_text_value_is_decoded_on_its_own_and_never_split_again() {
+        // Latin-1 bytes labelled UTF-8, common in the field: U+FFFD inside the value.
+        let obj = in_memory(vec![element(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            "ISO_IR 192",
+        )]);
+        let bytes = explicit_le_with(
+            &obj,
+            &[
+                &explicit(tags::INSTITUTION_NAME, b"LO", b"M\xFCller\\Zo\xC3\xAB"),
+                &explicit(tags::PATIENT_NAME, b"PN", b"M\xFCller^Hans\\Doe "),
+            ],
+        );
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(json["00080080"]["Value"], json!(["M\u{FFFD}ller", "Zoë"]));
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "M\u{FFFD}ller^Hans"}, {"Alphabetic": "Doe"}])
+        );
+    }
+
+    #[test]
+    fn iso_2022_names_are_decoded_per_group() {
+        // pydicom's chrH31 (PS3.5 H.3.1): JIS X 0208 after ESC $ B, ASCII after ESC ( B.
+        let obj = in_memory(vec![element(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            "\\ISO 2022 IR 87",
+        )]);
+        let name: &[u8] =
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B";
+        let bytes = explicit_le_with(&obj, &[&explicit(tags::PATIENT_NAME, b"PN", name)]);
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}])
+        );
     }
 
     #[test]

@@ -514,9 +514,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::series::convert::document::InstanceJson;
     use crate::series::convert::test_support::{
         BASE, PREFIX, assert_structure, element, fixture_json, from_bytes, in_memory, memory_json,
         parse, part10,
+    };
+    use crate::series::convert::test_support::{
+        ITEM, ITEM_END, SEQUENCE_END, explicit, explicit_le_with, undefined,
     };
 
     #[test]
@@ -687,5 +691,65 @@ mod tests {
         let item = json["00081140"]["Value"][0].as_object().expect("item");
         let keys: Vec<&String> = item.keys().collect();
         assert_eq!(keys, ["00081150", "00081155"]);
+    }
+
+    #[test]
+    fn pixel_representation_in_an_item_ends_with_its_item() {
+        let smallest = |value: u16| {
+            explicit(
+                tags::SMALLEST_IMAGE_PIXEL_VALUE,
+                b"US",
+                &value.to_le_bytes(),
+            )
+        };
+        let bytes = explicit_le_with(
+            &in_memory(Vec::new()),
+            &[
+                &undefined(tags::REFERENCED_IMAGE_SEQUENCE, Some(b"SQ"), false),
+                &undefined(ITEM, None, false),
+                &explicit(tags::PIXEL_REPRESENTATION, b"US", &1_u16.to_le_bytes()),
+                &smallest(0xFFFF),
+                &undefined(ITEM_END, None, false),
+                &undefined(SEQUENCE_END, None, false),
+                &smallest(0xFFFF),
+            ],
+        );
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(
+            json["00081140"]["Value"][0]["00280106"],
+            json!({"vr": "SS", "Value": [-1]})
+        );
+        assert_eq!(
+            json["00280106"],
+            json!({"vr": "US", "Value": [65535]}),
+            "unsigned again after the item"
+        );
+    }
+
+    #[test]
+    fn sequences_inside_64_items_are_left_out() {
+        let content = Tag(0x0040, 0xA730);
+        let mut more = Vec::new();
+        for _ in 0..70 {
+            more.push(undefined(content, Some(b"SQ"), false));
+            more.push(undefined(ITEM, None, false));
+        }
+        more.push(explicit(tags::TEXT_VALUE, b"UT", b"deep"));
+        for _ in 0..70 {
+            more.push(undefined(ITEM_END, None, false));
+            more.push(undefined(SEQUENCE_END, None, false));
+        }
+        more.push(explicit(Tag(0x0041, 0x0010), b"LO", b"after "));
+        let more: Vec<&[u8]> = more.iter().map(Vec::as_slice).collect();
+        let bytes = explicit_le_with(&in_memory(Vec::new()), &more);
+        let instance: InstanceJson = from_bytes(&bytes, None).expect("converts");
+        let text = String::from_utf8(instance.as_bytes().to_vec()).expect("UTF-8");
+        assert_eq!(text.matches("\"0040A730\"").count(), MAX_DEPTH);
+        assert!(!text.contains("deep"));
+        assert!(
+            text.ends_with(r#""00410010":{"vr":"LO","Value":["after"]}}"#),
+            "read on after the left-out sequence: {text}"
+        );
+        assert_eq!(instance.left_out(), [LeftOut::TooDeep(content)]);
     }
 }
