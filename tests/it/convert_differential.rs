@@ -2,7 +2,8 @@
 //! (pydicom's own character set and test files, and files crafted here for character
 //! sets, undefined-length UN, large binaries and big DS integers) converted by
 //! `read_instance` and compared attribute by attribute with pydicom's `to_json_dict`, by
-//! `scripts/pydicom-differential.py` in `.dev/venv` (made by `scripts/dev-venv.sh`).
+//! `scripts/pydicom-differential.py` in `.dev/venv` (made by `scripts/dev-venv.sh`). The
+//! `.dcm` files of the folder `DCW_DIFFERENTIAL_DIR` names, when set, join the corpus.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +35,9 @@ fn converter_agrees_with_pydicom_on_its_test_files_and_crafted_ones() {
         "copy pydicom's test files",
     );
     write_crafted_files(corpus.path());
+    if let Some(site) = std::env::var_os("DCW_DIFFERENTIAL_DIR") {
+        copy_site_files(Path::new(&site), corpus.path());
+    }
     // Every binary value inline (the largest, in pydicom's ECG waveform file of 291 KB, is under 1 MiB), so that
     // each is compared byte for byte.
     let options = DocumentOptions {
@@ -82,6 +86,20 @@ fn run(command: &mut Command, what: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Copies a site's own `.dcm` files into the corpus, named `site_…`.
+fn copy_site_files(site: &Path, corpus: &Path) {
+    let entries = std::fs::read_dir(site)
+        .unwrap_or_else(|e| panic!("DCW_DIFFERENTIAL_DIR={}: {e}", site.display()));
+    for path in entries.map(|entry| entry.expect("site entry").path()) {
+        if path.extension().is_some_and(|e| e == "dcm")
+            && let Some(name) = path.file_name()
+        {
+            let target = corpus.join(format!("site_{}", name.to_string_lossy()));
+            std::fs::copy(&path, target).expect("copy a site file");
+        }
+    }
 }
 
 fn dcm_files(folder: &Path) -> Vec<PathBuf> {
