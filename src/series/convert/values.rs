@@ -255,35 +255,36 @@ fn person_names(out: &mut Vec<u8>, charset: &Charset, bytes: &[u8]) -> WriteResu
         out.extend_from_slice(b",\"Value\":[");
         for (i, name) in names().enumerate() {
             comma_unless_first(out, i);
-            if empty(name) {
-                out.extend_from_slice(b"null");
-            } else {
-                person_name(out, name_groups(charset, name))?;
-            }
+            person_name(out, name_groups(charset, name))?;
         }
         out.push(b']');
     }
     Ok(())
 }
 
-/// Writes `{"Alphabetic":…,"Ideographic":…,"Phonetic":…}` without empty groups.
+/// Writes `{"Alphabetic":…,"Ideographic":…,"Phonetic":…}` without empty groups, or `null`
+/// when every group is empty.
 fn person_name<'a>(out: &mut Vec<u8>, groups: impl Iterator<Item = Cow<'a, str>>) -> WriteResult {
+    let start = out.len();
     out.push(b'{');
-    let mut first = true;
     for (group, key) in groups.zip(["Alphabetic", "Ideographic", "Phonetic"]) {
         if pn_group_is_empty(&group) {
             continue;
         }
-        if !first {
+        if out.len() > start + 1 {
             out.push(b',');
         }
-        first = false;
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
         serde_json::to_writer(&mut *out, &*group)?;
     }
-    out.push(b'}');
+    if out.len() == start + 1 {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'}');
+    }
     Ok(())
 }
 
