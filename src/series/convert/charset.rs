@@ -522,4 +522,33 @@ mod tests {
             "UTF-8 again after the item"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_split_and_decode_without_panicking(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"\x1b$()BDCAIJ-\\^=\r!~\x80\xa1\xfe".to_vec()),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..48,
+            ),
+            terms in proptest::sample::select(vec![
+                "ISO_IR 192",
+                "\\ISO 2022 IR 87\\ISO 2022 IR 159",
+                "ISO 2022 IR 13\\ISO 2022 IR 87",
+                "\\ISO 2022 IR 149\\ISO 2022 IR 58",
+                "GB18030",
+                "ISO_IR 13",
+            ]),
+        ) {
+            let charset = charset(terms);
+            let parts: Vec<&[u8]> = charset.split(&bytes, b'\\').collect();
+            let joined: usize = parts.iter().map(|p| p.len() + 1).sum();
+            proptest::prop_assert_eq!(joined, bytes.len() + 1, "parts and delimiters are the bytes");
+            for part in parts {
+                let _ = charset.decode(part, PN);
+            }
+        }
+    }
 }
