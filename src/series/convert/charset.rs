@@ -110,6 +110,15 @@ impl Default for Charset {
 }
 
 impl Charset {
+    /// Text that needs no decoding (see [`Charset::as_text`]): UTF-8, no code extensions.
+    pub(super) const TEXT: Charset = Charset {
+        initial: Sets {
+            g0: G0::Ascii,
+            g1: Code::Utf8,
+        },
+        extensions: false,
+    };
+
     /// The character sets that the values of (0008,0005) declare, padding removed; an
     /// unknown or empty value 1 means the default repertoire, as pydicom reads it.
     pub(super) fn declared<'a>(terms: impl IntoIterator<Item = &'a str>) -> Self {
@@ -140,21 +149,28 @@ impl Charset {
         }
     }
 
+    /// The bytes as the text they are, when they need no decoding: ASCII, or valid UTF-8 in
+    /// a UTF-8 data set, without escape sequences. Every delimiter in them stands for itself.
+    pub(super) fn as_text<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
+        if self.extensions && bytes.contains(&ESC) {
+            return None;
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        (text.is_ascii() || self.is_utf8()).then_some(text)
+    }
+
     /// Decodes one value, name group or component, in which the bytes of `resets` bring
     /// back the initial sets (PS3.5 6.1.2.5.3): borrowed when the bytes are the text.
     pub(super) fn decode<'a>(&self, bytes: &'a [u8], resets: &[u8]) -> Cow<'a, str> {
-        let escaped = self.extensions && bytes.contains(&ESC);
-        if !escaped {
-            if let Ok(text) = std::str::from_utf8(bytes)
-                && (text.is_ascii() || self.is_utf8())
-            {
-                return Cow::Borrowed(text);
-            }
-            let mut out = String::with_capacity(bytes.len() * 2);
-            self.initial.g1.decode_into(bytes, &mut out);
-            return Cow::Owned(out);
+        if let Some(text) = self.as_text(bytes) {
+            return Cow::Borrowed(text);
         }
-        Cow::Owned(self.decode_escaped(bytes, resets))
+        if self.extensions && bytes.contains(&ESC) {
+            return Cow::Owned(self.decode_escaped(bytes, resets));
+        }
+        let mut out = String::with_capacity(bytes.len() * 2);
+        self.initial.g1.decode_into(bytes, &mut out);
+        Cow::Owned(out)
     }
 
     /// Decodes a value with escape sequences: runs of one set at a time.

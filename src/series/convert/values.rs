@@ -85,9 +85,12 @@ impl Encoder {
     /// bytes are the text.
     pub(super) fn values<'a>(&self, vr: VR, bytes: &'a [u8]) -> Values<'a> {
         let charset = self.charset_of(vr);
-        Values {
-            parts: charset.split(bytes, b'\\'),
-            charset,
+        match charset.as_text(bytes) {
+            Some(text) => Values::Text(text.split('\\')),
+            None => Values::Decoded {
+                parts: charset.split(bytes, b'\\'),
+                charset,
+            },
         }
     }
 
@@ -224,17 +227,24 @@ pub(super) fn bulk_data_uri(out: &mut Vec<u8>, path: &[(Tag, usize)], tag: Tag) 
 
 /// The values of a textual attribute, each decoded on its own (see [`Encoder::values`]).
 #[derive(Clone)]
-pub(super) struct Values<'a> {
-    parts: Split<'a>,
-    charset: Charset,
+pub(super) enum Values<'a> {
+    /// Bytes that are their text, split on their backslashes.
+    Text(std::str::Split<'a, char>),
+    /// Parts split in the bytes, then decoded.
+    Decoded { parts: Split<'a>, charset: Charset },
 }
 
 impl<'a> Iterator for Values<'a> {
     type Item = Cow<'a, str>;
 
     fn next(&mut self) -> Option<Cow<'a, str>> {
-        let part = self.parts.next()?;
-        Some(self.charset.decode(part, TEXT_RESETS))
+        match self {
+            Values::Text(parts) => parts.next().map(Cow::Borrowed),
+            Values::Decoded { parts, charset } => {
+                let part = parts.next()?;
+                Some(charset.decode(part, TEXT_RESETS))
+            }
+        }
     }
 }
 
@@ -249,6 +259,11 @@ fn name_groups<'a>(charset: &Charset, name: &'a [u8]) -> impl Iterator<Item = Co
 }
 
 fn person_names(out: &mut Vec<u8>, charset: &Charset, bytes: &[u8]) -> WriteResult {
+    let charset = if charset.as_text(bytes).is_some() {
+        &Charset::TEXT
+    } else {
+        charset
+    };
     let names = || charset.split(bytes, b'\\');
     let empty = |name: &[u8]| name_groups(charset, name).all(|g| pn_group_is_empty(&g));
     if !only_empty(names(), empty) {
