@@ -108,6 +108,7 @@ fn series_document(c: &mut Criterion) {
     let file = std::fs::read(&paths[0]).expect("read the CT instance");
     let with_bulk = DocumentOptions {
         bulkdata_base_url: Some("https://pacs.example/dicomweb".into()),
+        ..DocumentOptions::default()
     };
     let without_bulk = DocumentOptions::default();
 

@@ -285,8 +285,12 @@ pub struct SeriesSettings {
     /// Upsert the server's `dicom_json_meta` row for each built series.
     pub record_status: bool,
     /// Base of the BulkDataURIs in series documents (pixel data, large binary values);
-    /// they are left out when unset.
+    /// when unset, pixel data is left out and other binary values are inline up to
+    /// `inline_binary_max_bytes`.
     pub bulkdata_base_url: Option<String>,
+    /// Without a bulk data base URL, the largest binary value written inline
+    /// (`InlineBinary`), in bytes; larger ones are left out, logged and counted.
+    pub inline_binary_max_bytes: usize,
     /// Series documents built at the same time.
     pub max_concurrent_builds: usize,
     /// A build still running this long is abandoned (a read stuck on storage): its lock is
@@ -324,6 +328,7 @@ impl Default for SeriesSettings {
             redis_copy: false,
             record_status: true,
             bulkdata_base_url: None,
+            inline_binary_max_bytes: 65_536,
             max_concurrent_builds: 2,
             build_timeout_ms: 120_000,
             lock_renew_ms: 10_000,

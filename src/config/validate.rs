@@ -178,6 +178,12 @@ fn check_series(series: &SeriesSettings, problems: &mut Problems) {
         "series.max_delay_ms",
         "must be at least series.quiet_ms",
     );
+    // Each parse thread holds a value this large and its base64, once per instance.
+    problems.check(
+        series.inline_binary_max_bytes <= 1_048_576,
+        "series.inline_binary_max_bytes",
+        "must be at most 1048576",
+    );
     problems.check(
         (100..=3_600_000).contains(&series.build_timeout_ms),
         "series.build_timeout_ms",
@@ -374,6 +380,7 @@ mod tests {
         let s = load("", None, &[]).expect("defaults are valid");
         assert_eq!(s.series.build_timeout_ms, 120_000);
         assert_eq!(s.series.lock_renew_ms, 10_000);
+        assert_eq!(s.series.inline_binary_max_bytes, 65_536);
         for (var, value, key) in [
             (
                 "DCW__SERIES__BUILD_TIMEOUT_MS",
@@ -386,6 +393,11 @@ mod tests {
                 "series.build_timeout_ms",
             ),
             ("DCW__SERIES__LOCK_RENEW_MS", "9", "series.lock_renew_ms"),
+            (
+                "DCW__SERIES__INLINE_BINARY_MAX_BYTES",
+                "1048577",
+                "series.inline_binary_max_bytes",
+            ),
             (
                 "DCW__SERIES__LOCK_RENEW_MS",
                 "15001",

@@ -48,6 +48,11 @@ pub enum Counter {
     StudiesWaiting,
     /// Instances in published series documents.
     SeriesInstances,
+    /// Binary values left out of series documents: over the inline limit, without a bulk
+    /// data base URL.
+    SeriesBinariesLeftOut,
+    /// Sequences left out of series documents: nested too deep.
+    SeriesSequencesTooDeep,
     /// PostgreSQL queries.
     DbQueries,
     /// Key sets fetched, checked and written.
@@ -59,7 +64,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 15] = [
         Self::EntriesRead,
         Self::EntriesAcked,
         Self::EntriesReclaimed,
@@ -69,6 +74,8 @@ impl Counter {
         Self::StudiesRemoved,
         Self::StudiesWaiting,
         Self::SeriesInstances,
+        Self::SeriesBinariesLeftOut,
+        Self::SeriesSequencesTooDeep,
         Self::DbQueries,
         Self::JwksRefreshes,
         Self::JwksTtlExtensions,
@@ -104,6 +111,14 @@ impl Counter {
             Self::SeriesInstances => (
                 "dcw_series_instances_total",
                 "Instances in published series documents",
+            ),
+            Self::SeriesBinariesLeftOut => (
+                "dcw_series_binaries_left_out_total",
+                "Binary values left out of series documents: over series.inline_binary_max_bytes without series.bulkdata_base_url",
+            ),
+            Self::SeriesSequencesTooDeep => (
+                "dcw_series_sequences_too_deep_total",
+                "Sequences left out of series documents: nested more than 64 levels deep",
             ),
             Self::DbQueries => ("dcw_db_queries_total", "PostgreSQL queries"),
             Self::JwksRefreshes => (

@@ -206,6 +206,7 @@ impl Builder {
             json_root: json_root.to_owned(),
             options: DocumentOptions {
                 bulkdata_base_url: settings.series.bulkdata_base_url.clone(),
+                inline_binary_max_bytes: settings.series.inline_binary_max_bytes,
             },
             parse_slots: Arc::new(Semaphore::new(threads)),
             settings,

@@ -5,6 +5,7 @@ mod bad_input;
 mod chaos;
 mod chaos_support;
 mod check_config;
+mod convert_differential;
 mod endpoint;
 mod helpers;
 mod jwks;

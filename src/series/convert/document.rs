@@ -9,15 +9,31 @@
 use std::cmp::Ordering;
 use std::io::BufRead;
 
+use super::binary::Binaries;
 use super::values::URI_PREFIX;
+use super::walk::LeftOut;
 use super::{SeriesJsonError, part10, walk};
+use crate::observe::metrics::{self, Counter};
 
 /// Settings shared by every instance of a document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentOptions {
     /// Base of the BulkDataURIs (for example `https://pacs/dicomweb`); `None` leaves
-    /// bulk data out.
+    /// pixel data out and writes other binary values inline.
     pub bulkdata_base_url: Option<String>,
+    /// Without a base URL, the largest binary value written inline, in bytes; larger
+    /// ones are left out.
+    pub inline_binary_max_bytes: usize,
+}
+
+impl Default for DocumentOptions {
+    /// No BulkDataURIs; binary values up to 64 KiB inline.
+    fn default() -> Self {
+        Self {
+            bulkdata_base_url: None,
+            inline_binary_max_bytes: 65_536,
+        }
+    }
 }
 
 /// One instance's DICOM JSON object and the key that places it in the series document.
@@ -26,6 +42,8 @@ pub struct InstanceJson {
     instance_number: Option<i32>,
     sop_instance_uid: String,
     bytes: Vec<u8>,
+    /// What was left out, with the series named for the log (none in the common case).
+    left_out: Option<Box<(String, Vec<LeftOut>)>>,
 }
 
 impl InstanceJson {
@@ -44,6 +62,15 @@ impl InstanceJson {
         &self.bytes
     }
 
+    /// What the conversion left out.
+    #[cfg(test)]
+    pub(super) fn left_out(&self) -> Vec<LeftOut> {
+        self.left_out
+            .as_ref()
+            .map(|b| b.1.clone())
+            .unwrap_or_default()
+    }
+
     /// The JSON object, taken out.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
@@ -60,8 +87,12 @@ pub fn instance_json<R: BufRead>(
 ) -> Result<InstanceJson, SeriesJsonError> {
     check_uid("Study Instance UID", study_uid)?;
     check_uid("Series Instance UID", series_uid)?;
-    let (mut reader, ts) = part10::data_set_reader(source)?;
-    let (out, top) = walk::write_data_set(&mut reader, ts, opts.bulkdata_base_url.is_some())?;
+    let (mut reader, ts, un) = part10::data_set_reader(source)?;
+    let binaries = Binaries {
+        bulk: opts.bulkdata_base_url.is_some(),
+        inline_max: opts.inline_binary_max_bytes,
+    };
+    let (out, top) = walk::write_data_set(&mut reader, ts, un, binaries)?;
     let sop_instance_uid = top
         .sop_instance_uid
         .filter(|s| !s.is_empty())
@@ -77,16 +108,21 @@ pub fn instance_json<R: BufRead>(
         }
         None => out,
     };
+    let left_out =
+        (!top.left_out.is_empty()).then(|| Box::new((series_uid.to_owned(), top.left_out)));
     Ok(InstanceJson {
         instance_number: top.instance_number,
         sop_instance_uid,
         bytes,
+        left_out,
     })
 }
 
 /// Joins instances into the series document: a JSON array sorted by Instance Number
-/// (missing last), then SOP Instance UID.
+/// (missing last), then SOP Instance UID. What the instances left out is logged here, once
+/// for the series, and counted.
 pub fn series_document(mut instances: Vec<InstanceJson>) -> Vec<u8> {
+    report_left_out(&instances);
     instances.sort_by(|a, b| {
         let by_number = match (a.instance_number, b.instance_number) {
             (Some(x), Some(y)) => x.cmp(&y),
@@ -107,6 +143,55 @@ pub fn series_document(mut instances: Vec<InstanceJson>) -> Vec<u8> {
     }
     out.push(b']');
     out
+}
+
+/// Warns once for the series about the attributes its instances left out, naming each tag
+/// once, and counts them.
+fn report_left_out(instances: &[InstanceJson]) {
+    let mut series_uid = None;
+    let (mut too_large, mut too_deep) = (Vec::new(), Vec::new());
+    let (mut large_count, mut deep_count) = (0, 0);
+    for (uid, left_out) in instances.iter().filter_map(|i| i.left_out.as_deref()) {
+        series_uid = Some(uid.as_str());
+        for item in left_out {
+            let (tags, count, tag) = match *item {
+                LeftOut::TooLarge(tag) => (&mut too_large, &mut large_count, tag),
+                LeftOut::TooDeep(tag) => (&mut too_deep, &mut deep_count, tag),
+            };
+            *count += 1;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+    }
+    let Some(series_uid) = series_uid else {
+        return;
+    };
+    let names = |tags: &[dicom_core::Tag]| {
+        tags.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if large_count > 0 {
+        metrics::add(Counter::SeriesBinariesLeftOut, large_count);
+        tracing::warn!(
+            series_uid,
+            values = large_count,
+            tags = %names(&too_large),
+            "binary values over series.inline_binary_max_bytes left out of the series document (no series.bulkdata_base_url)"
+        );
+    }
+    if deep_count > 0 {
+        metrics::add(Counter::SeriesSequencesTooDeep, deep_count);
+        tracing::warn!(
+            series_uid,
+            sequences = deep_count,
+            tags = %names(&too_deep),
+            max_depth = walk::MAX_DEPTH,
+            "sequences nested too deep left out of the series document"
+        );
+    }
 }
 
 fn check_uid(attribute: &'static str, value: &str) -> Result<(), SeriesJsonError> {

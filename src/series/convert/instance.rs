@@ -128,6 +128,7 @@ mod tests {
         let path = write_fixture(dir.path());
         let options = DocumentOptions {
             bulkdata_base_url: Some("https://pacs".into()),
+            ..DocumentOptions::default()
         };
         let instance = read_instance(&path, STUDY, SERIES, &options).expect("read fixture");
         assert_eq!(instance.sop_instance_uid(), "1.2.3.4.5");

@@ -1,12 +1,14 @@
 //! DICOM JSON (PS3.18 Annex F) from Part-10 files, converted while they are read, in the
 //! order the bytes flow: `instance` opens a file, `part10` reads up to its data set, `walk` reads
-//! the data set token by token, `values` writes each value as JSON, and `document` makes
-//! the instance's object and joins a series' objects.
+//! the data set token by token, `values` writes each value as JSON (`charset` decoding its
+//! text), and `document` makes the instance's object and joins a series' objects.
 
 use dicom_core::Tag;
-use dicom_encoding::text::DecodeTextError;
 
+mod binary;
+mod charset;
 pub mod document;
+mod implicit_un;
 pub mod instance;
 mod part10;
 mod values;
@@ -43,15 +45,6 @@ pub enum SeriesJsonError {
     /// Items or delimiters where the data set's structure does not allow them.
     #[error("unexpected {0} in the data set")]
     Structure(&'static str),
-    /// A text value cannot be decoded in its character set.
-    #[error("the text of {tag} cannot be decoded")]
-    Text {
-        /// The attribute.
-        tag: Tag,
-        /// The decoder's complaint.
-        #[source]
-        source: DecodeTextError,
-    },
     /// The data set has no SOP Instance UID (0008,0018), or it is empty.
     #[error("the data set has no SOP Instance UID (0008,0018)")]
     MissingSopInstanceUid,

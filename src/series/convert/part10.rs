@@ -7,21 +7,23 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::text::SpecificCharacterSet;
 use dicom_encoding::transfer_syntax::Codec;
 use dicom_encoding::{TransferSyntax, TransferSyntaxIndex as _};
-use dicom_parser::DynStatefulDecoder;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_parser::{DynStatefulDecoder, StatefulDecoder};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 use super::SeriesJsonError;
+use super::implicit_un::{HeaderDecoder, UnDepth};
 use super::values::trim_padding;
 use super::walk::{Reader, check_length, discard};
 
 /// Reads the preamble and the file meta group, and returns a reader of the data set that
-/// follows, in its transfer syntax.
+/// follows, in its transfer syntax, and how deep that reader is in undefined-length UN
+/// elements.
 pub(super) fn data_set_reader<R: BufRead>(
     mut source: R,
-) -> Result<(Reader<R>, &'static TransferSyntax), SeriesJsonError> {
+) -> Result<(Reader<R>, &'static TransferSyntax, UnDepth), SeriesJsonError> {
     skip_preamble(&mut source).map_err(SeriesJsonError::Header)?;
     let ts_uid = read_transfer_syntax(&mut source)?;
     let ts_uid = ts_uid.as_str();
@@ -29,11 +31,21 @@ pub(super) fn data_set_reader<R: BufRead>(
         .get(ts_uid)
         .filter(|ts| matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..)))
         .ok_or_else(|| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+    let outer = ts
+        .decoder_for::<R>()
+        .ok_or_else(|| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
+    let depth = UnDepth::default();
+    let headers = HeaderDecoder::new(outer, depth.clone());
     // Positions count from here: the decoder only compares them, so no seeking is needed
     // and a pipe reads as well as a file.
-    let decoder = DynStatefulDecoder::new_with(source, ts, SpecificCharacterSet::default(), 0)
-        .map_err(|_| SeriesJsonError::UnsupportedTransferSyntax(ts_uid.to_owned()))?;
-    Ok((LazyDataSetReader::new(decoder), ts))
+    let decoder = StatefulDecoder::new_with_position(
+        source,
+        headers,
+        ts.basic_decoder(),
+        SpecificCharacterSet::default(),
+        0,
+    );
+    Ok((LazyDataSetReader::new(decoder), ts, depth))
 }
 
 /// Skips the 128-byte preamble unless the stream starts with `DICM` (as dicom-object does).

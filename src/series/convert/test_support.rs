@@ -39,6 +39,7 @@ pub(super) fn ct(sop_uid: &str, instance_number: Option<i32>) -> CtInstance<'_> 
 pub(super) fn opts(base: Option<&str>) -> DocumentOptions {
     DocumentOptions {
         bulkdata_base_url: base.map(str::to_owned),
+        ..DocumentOptions::default()
     }
 }
 
@@ -106,6 +107,77 @@ pub(super) fn memory_json(elements: Vec<InMemElement>, base: Option<&str>) -> Js
 
 pub(super) fn element(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> InMemElement {
     DataElement::new(tag, vr, value.into())
+}
+
+/// An explicit VR little endian element: tag, VR, length and `value` (of even length).
+pub(super) fn explicit(tag: Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut bytes = tag_bytes(tag, false);
+    bytes.extend_from_slice(vr);
+    if matches!(
+        vr,
+        b"OB" | b"OW" | b"OF" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR"
+    ) {
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    } else {
+        bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    }
+    bytes.extend_from_slice(value);
+    bytes
+}
+
+/// An implicit VR little endian element.
+pub(super) fn implicit(tag: Tag, value: &[u8]) -> Vec<u8> {
+    let mut bytes = tag_bytes(tag, false);
+    bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(value);
+    bytes
+}
+
+/// The header of a sequence or item of undefined length, or a delimiter, in `vr` (none for
+/// items and delimiters), little or big endian.
+pub(super) fn undefined(tag: Tag, vr: Option<&[u8; 2]>, big_endian: bool) -> Vec<u8> {
+    let mut bytes = tag_bytes(tag, big_endian);
+    if let Some(vr) = vr {
+        bytes.extend_from_slice(vr);
+        bytes.extend_from_slice(&[0, 0]);
+    }
+    let len: u32 = if tag.group() == 0xFFFE && tag.element() != 0xE000 {
+        0
+    } else {
+        u32::MAX
+    };
+    let len = if big_endian {
+        len.to_be_bytes()
+    } else {
+        len.to_le_bytes()
+    };
+    bytes.extend_from_slice(&len);
+    bytes
+}
+
+/// Item start, item end and sequence end.
+pub(super) const ITEM: Tag = Tag(0xFFFE, 0xE000);
+pub(super) const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
+pub(super) const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
+
+fn tag_bytes(tag: Tag, big_endian: bool) -> Vec<u8> {
+    let (group, element) = (tag.group(), tag.element());
+    if big_endian {
+        [group.to_be_bytes(), element.to_be_bytes()].concat()
+    } else {
+        [group.to_le_bytes(), element.to_le_bytes()].concat()
+    }
+}
+
+/// Part-10 bytes of the object in explicit VR little endian, with `more` elements after
+/// its own (which end with the SOP Instance UID and whatever sorts before it).
+pub(super) fn explicit_le_with(obj: &InMemDicomObject, more: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = part10(obj, uids::EXPLICIT_VR_LITTLE_ENDIAN);
+    for element in more {
+        bytes.extend_from_slice(element);
+    }
+    bytes
 }
 
 /// Checks F.2 structure at every level: keys, `vr`, at most one value field, no empty Value.

@@ -6,7 +6,8 @@
 //! Policies where F.2 leaves a choice:
 //! - a non-finite FL/FD/OF/OD number (NaN, ±infinity) is written as `null`;
 //! - an IS or DS value that does not parse as a number stays a (trimmed) string, as F.2.3
-//!   allows, and so do SV/UV values beyond ±(2^53 − 1), which a JSON reader would round;
+//!   allows, and so do integral IS, DS, SV and UV values beyond ±(2^53 − 1), which a JSON
+//!   reader would round;
 //! - an attribute whose only value is empty after removing padding (including a PN whose
 //!   groups are all empty or hold only `^`) is written like a zero-length one, `{"vr":…}`;
 //!   inside a multi-value such a value is `null`.
@@ -16,9 +17,15 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use dicom_core::{Tag, VR};
-use dicom_encoding::text::{SpecificCharacterSet, TextCodec as _};
 
-use super::{SeriesJsonError, WriteResult};
+use super::WriteResult;
+use super::charset::{Charset, Split};
+
+/// The control characters that end a line of text and bring back the initial character
+/// sets (PS3.5 6.1.2.5.3).
+const TEXT_RESETS: &[u8] = b"\r\n\t\x0C";
+/// What brings back the initial character sets inside a person name group.
+const PN_RESETS: &[u8] = b"^";
 
 // Integers beyond this lose precision in a JSON reader that uses doubles (JavaScript).
 const MAX_EXACT_JSON_INT: u64 = (1 << 53) - 1;
@@ -30,9 +37,7 @@ pub(super) const URI_PREFIX: u8 = 0;
 /// Writes values as JSON, read in the data set's byte order and declared character set.
 pub(super) struct Encoder {
     big_endian: bool,
-    charset: SpecificCharacterSet,
-    /// The declared character set is UTF-8, so valid UTF-8 needs no decoding.
-    utf8: bool,
+    charset: Charset,
     /// Little-endian value bytes and their base64.
     scratch: Vec<u8>,
     base64: String,
@@ -43,11 +48,15 @@ impl Encoder {
     pub(super) fn new(big_endian: bool) -> Self {
         Self {
             big_endian,
-            charset: SpecificCharacterSet::default(),
-            utf8: false,
+            charset: Charset::default(),
             scratch: Vec::new(),
             base64: String::new(),
         }
+    }
+
+    /// Reads words in this byte order from now on.
+    pub(super) fn set_big_endian(&mut self, big_endian: bool) {
+        self.big_endian = big_endian;
     }
 
     /// The first value of a US value.
@@ -55,83 +64,57 @@ impl Encoder {
         words(bytes, self.big_endian).next().map(u16::from_le_bytes)
     }
 
-    /// Switches the character set as dicom-rs does: to the first value of Specific Character
-    /// Set (0008,0005), when known.
-    pub(super) fn set_charset(&mut self, tag: Tag, bytes: &[u8]) -> WriteResult {
-        let text = self.text(tag, VR::CS, bytes)?;
-        let first = text.split('\\').next().unwrap_or_default();
-        if let Some(charset) = SpecificCharacterSet::from_code(first) {
-            self.utf8 = charset == SpecificCharacterSet::ISO_IR_192;
-            self.charset = charset;
-        }
-        Ok(())
+    /// The character sets that text is decoded in.
+    pub(super) fn charset(&self) -> Charset {
+        self.charset
     }
 
-    /// The value's text: borrowed when it needs no decoding, else decoded like dicom-rs
-    /// does (each backslash-separated part on its own; AE AS CS UR in the default set).
-    pub(super) fn text<'a>(
-        &self,
-        tag: Tag,
-        vr: VR,
-        bytes: &'a [u8],
-    ) -> Result<Cow<'a, str>, SeriesJsonError> {
-        let declared = !matches!(vr, VR::AE | VR::AS | VR::CS | VR::UR);
-        // Every supported character set reads ASCII as ASCII, except ISO 2022 escapes.
-        if !bytes.contains(&0x1B)
-            && let Ok(text) = std::str::from_utf8(bytes)
-            && (text.is_ascii() || (declared && self.utf8))
-        {
-            return Ok(Cow::Borrowed(text));
+    /// Decodes text in `charset` from now on.
+    pub(super) fn use_charset(&mut self, charset: Charset) {
+        self.charset = charset;
+    }
+
+    /// Decodes text in the sets that a Specific Character Set (0008,0005) value declares.
+    pub(super) fn declare_charset(&mut self, bytes: &[u8]) {
+        let terms = String::from_utf8_lossy(bytes);
+        self.charset = Charset::declared(terms.split('\\').map(trim_padding));
+    }
+
+    /// The values of a textual attribute, split on the backslashes that separate them and
+    /// each decoded on its own (AE AS CS UR in the default repertoire); borrowed when the
+    /// bytes are the text.
+    pub(super) fn values<'a>(&self, vr: VR, bytes: &'a [u8]) -> Values<'a> {
+        let charset = self.charset_of(vr);
+        match charset.as_text(bytes) {
+            Some(text) => Values::Text(text.split('\\')),
+            None => Values::Decoded {
+                parts: charset.split(bytes, b'\\'),
+                charset,
+            },
         }
-        let default_charset;
-        let charset = if declared {
-            &self.charset
+    }
+
+    /// The set that decodes values of `vr`.
+    fn charset_of(&self, vr: VR) -> Charset {
+        if matches!(vr, VR::AE | VR::AS | VR::CS | VR::UR) {
+            Charset::default()
         } else {
-            default_charset = SpecificCharacterSet::default();
-            &default_charset
-        };
-        let decode = |part: &[u8]| {
-            charset
-                .decode(part)
-                .map_err(|source| SeriesJsonError::Text { tag, source })
-        };
-        if matches!(vr, VR::LT | VR::ST | VR::UT | VR::UR) {
-            return decode(bytes).map(Cow::Owned);
+            self.charset
         }
-        let parts: Vec<String> = bytes
-            .split(|&b| b == b'\\')
-            .map(decode)
-            .collect::<Result<_, _>>()?;
-        Ok(Cow::Owned(parts.join("\\")))
     }
 
     /// Writes the value's field (`,"Value":[…]` or `,"InlineBinary":…`), or nothing when it
     /// is empty.
-    pub(super) fn write(
-        &mut self,
-        out: &mut Vec<u8>,
-        tag: Tag,
-        vr: VR,
-        bytes: &[u8],
-    ) -> WriteResult {
+    pub(super) fn write(&mut self, out: &mut Vec<u8>, vr: VR, bytes: &[u8]) -> WriteResult {
         match vr {
             VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN => {
                 self.inline_binary(out, vr, bytes);
                 Ok(())
             }
             VR::SQ => Ok(()),
-            VR::PN => {
-                let text = self.text(tag, vr, bytes)?;
-                person_names(out, &text)
-            }
-            VR::IS => {
-                let text = self.text(tag, vr, bytes)?;
-                text_numbers(out, &text, Number::Int)
-            }
-            VR::DS => {
-                let text = self.text(tag, vr, bytes)?;
-                text_numbers(out, &text, Number::Float)
-            }
+            VR::PN => person_names(out, &self.charset, bytes),
+            VR::IS => text_numbers(out, self.values(vr, bytes), Number::Int),
+            VR::DS => text_numbers(out, self.values(vr, bytes), Number::Float),
             VR::US | VR::SS | VR::UL | VR::SL | VR::SV | VR::UV | VR::FL | VR::FD => {
                 self.binary_numbers(out, vr, bytes)
             }
@@ -140,8 +123,7 @@ impl Encoder {
                 Ok(())
             }
             VR::LT | VR::ST | VR::UT | VR::UR => {
-                let text = self.text(tag, vr, bytes)?;
-                single_text(out, &text)
+                single_text(out, &self.charset_of(vr).decode(bytes, TEXT_RESETS))
             }
             VR::AE
             | VR::AS
@@ -152,10 +134,7 @@ impl Encoder {
             | VR::SH
             | VR::TM
             | VR::UC
-            | VR::UI => {
-                let text = self.text(tag, vr, bytes)?;
-                multi_text(out, &text)
-            }
+            | VR::UI => multi_text(out, self.values(vr, bytes)),
         }
     }
 
@@ -246,45 +225,81 @@ pub(super) fn bulk_data_uri(out: &mut Vec<u8>, path: &[(Tag, usize)], tag: Tag) 
     out.push(b'"');
 }
 
-fn person_names(out: &mut Vec<u8>, text: &str) -> WriteResult {
-    let values = || text.split('\\').map(trim_padding);
-    if !only_empty(values(), pn_is_empty) {
+/// The values of a textual attribute, each decoded on its own (see [`Encoder::values`]).
+#[derive(Clone)]
+pub(super) enum Values<'a> {
+    /// Bytes that are their text, split on their backslashes.
+    Text(std::str::Split<'a, char>),
+    /// Parts split in the bytes, then decoded.
+    Decoded { parts: Split<'a>, charset: Charset },
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        match self {
+            Values::Text(parts) => parts.next().map(Cow::Borrowed),
+            Values::Decoded { parts, charset } => {
+                let part = parts.next()?;
+                Some(charset.decode(part, TEXT_RESETS))
+            }
+        }
+    }
+}
+
+/// A person name's component groups, each decoded on its own, padding removed.
+fn name_groups<'a>(charset: &Charset, name: &'a [u8]) -> impl Iterator<Item = Cow<'a, str>> {
+    charset
+        .split(name, b'=')
+        .map(|group| match charset.decode(group, PN_RESETS) {
+            Cow::Borrowed(text) => Cow::Borrowed(trim_padding(text)),
+            Cow::Owned(text) => Cow::Owned(trim_padding(&text).to_owned()),
+        })
+}
+
+fn person_names(out: &mut Vec<u8>, charset: &Charset, bytes: &[u8]) -> WriteResult {
+    let charset = if charset.as_text(bytes).is_some() {
+        &Charset::TEXT
+    } else {
+        charset
+    };
+    let names = || charset.split(bytes, b'\\');
+    let empty = |name: &[u8]| name_groups(charset, name).all(|g| pn_group_is_empty(&g));
+    if !only_empty(names(), empty) {
         out.extend_from_slice(b",\"Value\":[");
-        for (i, name) in values().enumerate() {
+        for (i, name) in names().enumerate() {
             comma_unless_first(out, i);
-            person_name(out, name)?;
+            person_name(out, name_groups(charset, name))?;
         }
         out.push(b']');
     }
     Ok(())
 }
 
-/// Writes `{"Alphabetic":…,"Ideographic":…,"Phonetic":…}` without empty groups, or `null`.
-fn person_name(out: &mut Vec<u8>, name: &str) -> WriteResult {
-    if pn_is_empty(name) {
-        out.extend_from_slice(b"null");
-        return Ok(());
-    }
+/// Writes `{"Alphabetic":…,"Ideographic":…,"Phonetic":…}` without empty groups, or `null`
+/// when every group is empty.
+fn person_name<'a>(out: &mut Vec<u8>, groups: impl Iterator<Item = Cow<'a, str>>) -> WriteResult {
+    let start = out.len();
     out.push(b'{');
-    let mut first = true;
-    for (group, key) in name
-        .splitn(3, '=')
-        .zip(["Alphabetic", "Ideographic", "Phonetic"])
-    {
-        let group = group.trim_end_matches(' ');
-        if pn_group_is_empty(group) {
+    for (group, key) in groups.zip(["Alphabetic", "Ideographic", "Phonetic"]) {
+        if pn_group_is_empty(&group) {
             continue;
         }
-        if !first {
+        if out.len() > start + 1 {
             out.push(b',');
         }
-        first = false;
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        serde_json::to_writer(&mut *out, group)?;
+        serde_json::to_writer(&mut *out, &*group)?;
     }
-    out.push(b'}');
+    if out.len() == start + 1 {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'}');
+    }
     Ok(())
 }
 
@@ -337,13 +352,12 @@ fn f32(out: &mut Vec<u8>, x: f32) -> WriteResult {
 }
 
 /// Writes IS or DS values: numbers, `null` when empty, the text itself when unparsable.
-fn text_numbers(out: &mut Vec<u8>, text: &str, kind: Number) -> WriteResult {
-    let values = || text.split('\\').map(str::trim);
-    if !only_empty(values(), str::is_empty) {
+fn text_numbers(out: &mut Vec<u8>, values: Values<'_>, kind: Number) -> WriteResult {
+    if !only_empty(values.clone(), |v| v.trim().is_empty()) {
         out.extend_from_slice(b",\"Value\":[");
-        for (i, value) in values().enumerate() {
+        for (i, value) in values.enumerate() {
             comma_unless_first(out, i);
-            number_text(out, value, kind)?;
+            number_text(out, value.trim(), kind)?;
         }
         out.push(b']');
     }
@@ -363,8 +377,10 @@ fn number_text(out: &mut Vec<u8>, text: &str, kind: Number) -> WriteResult {
             }
         }
         Number::Float => {
+            // An integral value beyond the exact range stays text, so no digit is lost.
             if let Ok(x) = text.parse::<f64>()
                 && x.is_finite()
+                && (x.fract() != 0.0 || x.abs() <= MAX_EXACT_JSON_INT as f64)
             {
                 return f64(out, x);
             }
@@ -385,11 +401,11 @@ fn single_text(out: &mut Vec<u8>, text: &str) -> WriteResult {
     Ok(())
 }
 
-fn multi_text(out: &mut Vec<u8>, text: &str) -> WriteResult {
-    let values = || text.split('\\').map(trim_padding);
-    if !only_empty(values(), str::is_empty) {
+fn multi_text(out: &mut Vec<u8>, values: Values<'_>) -> WriteResult {
+    if !only_empty(values.clone(), |v| trim_padding(&v).is_empty()) {
         out.extend_from_slice(b",\"Value\":[");
-        for (i, value) in values().enumerate() {
+        for (i, value) in values.enumerate() {
+            let value = trim_padding(&value);
             comma_unless_first(out, i);
             if value.is_empty() {
                 out.extend_from_slice(b"null");
@@ -447,16 +463,12 @@ pub(super) fn trim_padding(text: &str) -> &str {
 }
 
 /// Whether the attribute has no value, or exactly one that `is_empty` calls empty.
-fn only_empty<'a>(mut values: impl Iterator<Item = &'a str>, is_empty: fn(&str) -> bool) -> bool {
+fn only_empty<T>(mut values: impl Iterator<Item = T>, is_empty: impl Fn(T) -> bool) -> bool {
     match (values.next(), values.next()) {
         (None, _) => true,
         (Some(one), None) => is_empty(one),
         _ => false,
     }
-}
-
-fn pn_is_empty(name: &str) -> bool {
-    name.split('=').all(pn_group_is_empty)
 }
 
 /// A component group with no name in it: empty, or only `^` separators and spaces.
@@ -472,8 +484,8 @@ mod tests {
     use serde_json::json;
 
     use crate::series::convert::test_support::{
-        SOP, assert_structure, element, explicit_le, fixture_json, from_bytes, in_memory,
-        memory_json, parse, part10,
+        SOP, assert_structure, element, explicit, explicit_le, explicit_le_with, fixture_json,
+        from_bytes, in_memory, memory_json, parse, part10,
     };
 
     #[test]
@@ -584,9 +596,24 @@ mod tests {
                     "1e3\\abc\\ \\+2.50\\NaN\\1e999",
                 ),
                 element(tags::RESCALE_INTERCEPT, VR::DS, "-0.1"),
+                element(
+                    tags::SLICE_LOCATION,
+                    VR::DS,
+                    "9007199254740993\\9007199254740991\\-12345678901234567890.0\\1e300",
+                ),
                 element(tags::NUMBER_OF_FRAMES, VR::IS, "   "),
             ],
             None,
+        );
+        assert_eq!(
+            json["00201041"]["Value"],
+            json!([
+                "9007199254740993",
+                9_007_199_254_740_991_i64,
+                "-12345678901234567890.0",
+                "1e300"
+            ]),
+            "integral DS beyond 2^53 keeps its digits"
         );
         assert_eq!(json["00200011"]["Value"], json!([12]));
         assert_eq!(json["00200012"]["Value"], json!(["1.5"]));
@@ -596,6 +623,47 @@ mod tests {
         );
         assert_eq!(json["00281052"]["Value"], json!([-0.1]));
         assert_eq!(json["00280008"], json!({"vr": "IS"}));
+    }
+
+    #[test]
+    fn each_text_value_is_decoded_on_its_own_and_never_split_again() {
+        // Latin-1 bytes labelled UTF-8, common in the field: U+FFFD inside the value.
+        let obj = in_memory(vec![element(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            "ISO_IR 192",
+        )]);
+        let bytes = explicit_le_with(
+            &obj,
+            &[
+                &explicit(tags::INSTITUTION_NAME, b"LO", b"M\xFCller\\Zo\xC3\xAB"),
+                &explicit(tags::PATIENT_NAME, b"PN", b"M\xFCller^Hans\\Doe "),
+            ],
+        );
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(json["00080080"]["Value"], json!(["M\u{FFFD}ller", "Zoë"]));
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "M\u{FFFD}ller^Hans"}, {"Alphabetic": "Doe"}])
+        );
+    }
+
+    #[test]
+    fn iso_2022_names_are_decoded_per_group() {
+        // pydicom's chrH31 (PS3.5 H.3.1): JIS X 0208 after ESC $ B, ASCII after ESC ( B.
+        let obj = in_memory(vec![element(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            "\\ISO 2022 IR 87",
+        )]);
+        let name: &[u8] =
+            b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B";
+        let bytes = explicit_le_with(&obj, &[&explicit(tags::PATIENT_NAME, b"PN", name)]);
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(
+            json["00100010"]["Value"],
+            json!([{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}])
+        );
     }
 
     #[test]

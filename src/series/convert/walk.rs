@@ -4,14 +4,11 @@
 //! Values are taken as raw bytes into one reused buffer, and bulk values are skipped without
 //! being held, so no in-memory object is built. Attributes are written in the file's order,
 //! which PS3.5 7.1 makes ascending; a data set that is not gets its attributes sorted (the
-//! last of a repeated tag wins), so the keys always ascend. The walk acts on what the data
-//! set declares for the values after it (the Specific Character Set goes to the value
-//! encoder; Pixel Representation makes "US or SS" attributes SS) and keeps what the document
-//! needs to know of the instance.
-//!
-//! Binary values (OB OD OF OL OV OW UN) of at most [`INLINE_BINARY_MAX_BYTES`] bytes are
-//! `InlineBinary`; larger ones are a `BulkDataURI` when a base URL is configured, else the
-//! attribute is left out; pixel data (7FE0,0008/0009/0010) is never inlined.
+//! last of a repeated tag wins), so the keys always ascend. The walk acts on what a data
+//! set or item declares for the values after it, up to the end of that item (the Specific
+//! Character Set goes to the value encoder; Pixel Representation makes "US or SS"
+//! attributes SS) and keeps what the document needs to know of the instance. Sequences
+//! nested deeper than [`MAX_DEPTH`] are left out; `binary` says where binary values go.
 
 use std::io::Read;
 
@@ -21,33 +18,43 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_encoding::TransferSyntax;
 use dicom_encoding::transfer_syntax::{Codec, Endianness};
-use dicom_parser::DynStatefulDecoder;
+use dicom_parser::StatefulDecoder;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 
+use super::binary::{self, Binaries, Placement};
+use super::charset::Charset;
+use super::implicit_un::{HeaderDecoder, UnDepth};
 use super::values::{self, Encoder, trim_padding};
 use super::{SeriesJsonError, WriteResult};
 
-// 1 KiB keeps the small vendor blobs (a few bytes to a few hundred) inline, so a viewer
-// needs no extra round trip for them, while every multi-KB value (Siemens CSA headers of
-// 5-20 KB, overlays, LUTs, icon images) goes out by reference: base64 of 1 KiB is 1,368
-// bytes, already about 15% of a typical CT instance object (9-11 KB), once per slice.
-/// Largest binary value, in bytes, written inline as base64 (`InlineBinary`).
-const INLINE_BINARY_MAX_BYTES: usize = 1024;
+/// Deepest sequence nesting written: a sequence inside this many items is left out (a
+/// reader with a nesting limit could refuse the document otherwise).
+pub(super) const MAX_DEPTH: usize = 64;
 
 /// The token reader of a data set.
-pub(super) type Reader<R> = LazyDataSetReader<DynStatefulDecoder<R>>;
+pub(super) type Reader<R> = LazyDataSetReader<StatefulDecoder<HeaderDecoder<R>, R>>;
 
 /// Writes the data set, up to the top-level pixel data, as one JSON object; returns it with
 /// what the top level says about the instance.
 pub(super) fn write_data_set<R: Read>(
     reader: &mut Reader<R>,
     ts: &TransferSyntax,
-    bulk: bool,
+    un: UnDepth,
+    binaries: Binaries,
 ) -> Result<(Vec<u8>, TopLevel), SeriesJsonError> {
-    let mut writer = Writer::new(ts, bulk);
+    let mut writer = Writer::new(ts, un, binaries);
     writer.data_set(reader)?;
     Ok((writer.out, writer.top))
+}
+
+/// An attribute left out of the document, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeftOut {
+    /// A binary value over the inline limit, without a bulk data base URL.
+    TooLarge(Tag),
+    /// A sequence nested deeper than [`MAX_DEPTH`].
+    TooDeep(Tag),
 }
 
 /// What the top-level data set says about the instance as a whole.
@@ -57,22 +64,34 @@ pub(super) struct TopLevel {
     pub(super) sop_instance_uid: Option<String>,
     /// Instance Number (0020,0013), when an integer.
     pub(super) instance_number: Option<i32>,
-    /// Rows (0028,0010) has a value: the instance is an image.
-    rows: bool,
+    /// Attributes left out, in the order met.
+    pub(super) left_out: Vec<LeftOut>,
+    /// The walk stopped at Pixel Data (7FE0,0010).
+    pixel_data: bool,
     /// Bits Allocated (0028,0100) is more than 8.
     wide_pixels: bool,
     /// Float or Double Float Pixel Data (7FE0,0008/0009) is present.
     float_pixels: bool,
 }
 
+/// What a data set declares for the values after it, until the end of its item.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    charset: Charset,
+    /// Pixel Representation (0028,0103) said the pixels are signed.
+    signed_pixels: bool,
+}
+
 /// One open level of the data set tree.
 enum Frame {
     /// A data set, top level or item: where its attributes start in `Writer::attributes`,
-    /// the highest tag seen, and whether a tag came after a higher one.
+    /// the highest tag seen, whether a tag came after a higher one, and the enclosing
+    /// scope, restored at the item's end.
     Object {
         first: usize,
         last: Option<Tag>,
         unsorted: bool,
+        outer: Scope,
     },
     /// A sequence: its tag and how many items were written.
     Sequence { tag: Tag, items: usize },
@@ -81,8 +100,7 @@ enum Frame {
 /// Appends DICOM JSON to a byte buffer while the data set is read.
 struct Writer {
     out: Vec<u8>,
-    /// Whether BulkDataURIs are wanted.
-    bulk: bool,
+    binaries: Binaries,
     /// The attributes of the open data sets, outermost first: tag and where it starts in
     /// `out` (at its comma).
     attributes: Vec<(Tag, usize)>,
@@ -92,6 +110,10 @@ struct Writer {
     /// Open sequences being skipped (excluded attributes, nested encapsulated pixel data).
     skipping: usize,
     encapsulated: bool,
+    /// The transfer syntax is big endian.
+    big_endian: bool,
+    /// Inside undefined-length UN elements, which are little endian.
+    un: UnDepth,
     /// Pixel Representation (0028,0103) said the pixels are signed.
     signed_pixels: bool,
     /// The value being written, as read.
@@ -102,22 +124,30 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(ts: &TransferSyntax, bulk: bool) -> Self {
+    fn new(ts: &TransferSyntax, un: UnDepth, binaries: Binaries) -> Self {
+        let big_endian = ts.endianness() == Endianness::Big;
+        let values = Encoder::new(big_endian);
         Self {
             out: Vec::with_capacity(4096),
-            bulk,
+            binaries,
             attributes: Vec::with_capacity(64),
             path: Vec::new(),
             frames: vec![Frame::Object {
                 first: 0,
                 last: None,
                 unsorted: false,
+                outer: Scope {
+                    charset: values.charset(),
+                    signed_pixels: false,
+                },
             }],
             skipping: 0,
             encapsulated: matches!(ts.codec(), Codec::EncapsulatedPixelData(..)),
+            big_endian,
+            un,
             signed_pixels: false,
             value: Vec::with_capacity(256),
-            values: Encoder::new(ts.endianness() == Endianness::Big),
+            values,
             top: TopLevel::default(),
         }
     }
@@ -142,6 +172,7 @@ impl Writer {
             match token {
                 LazyDataToken::ElementHeader(header) => {
                     if self.reached_pixel_data(header.tag) {
+                        self.top.pixel_data = header.tag == tags::PIXEL_DATA;
                         break;
                     }
                     self.check_order(header.tag)?;
@@ -152,10 +183,14 @@ impl Writer {
                 }
                 LazyDataToken::SequenceStart { tag, .. } => {
                     if self.reached_pixel_data(tag) {
+                        self.top.pixel_data = tag == tags::PIXEL_DATA;
                         break;
                     }
                     self.check_order(tag)?;
-                    if is_metadata(tag) {
+                    if self.path.len() >= MAX_DEPTH {
+                        self.top.left_out.push(LeftOut::TooDeep(tag));
+                        self.skipping = 1;
+                    } else if is_metadata(tag) {
                         self.open(tag, VR::SQ);
                         self.frames.push(Frame::Sequence { tag, items: 0 });
                     } else {
@@ -164,6 +199,7 @@ impl Writer {
                 }
                 LazyDataToken::PixelSequenceStart => {
                     if self.reached_pixel_data(tags::PIXEL_DATA) {
+                        self.top.pixel_data = true;
                         break;
                     }
                     self.check_order(tags::PIXEL_DATA)?;
@@ -253,6 +289,10 @@ impl Writer {
             first: self.attributes.len(),
             last: None,
             unsorted: false,
+            outer: Scope {
+                charset: self.values.charset(),
+                signed_pixels: self.signed_pixels,
+            },
         });
         Ok(())
     }
@@ -262,11 +302,16 @@ impl Writer {
             return Err(SeriesJsonError::Structure("item end outside an item"));
         }
         let Some(Frame::Object {
-            first, unsorted, ..
+            first,
+            unsorted,
+            outer,
+            ..
         }) = self.frames.pop()
         else {
             return Err(SeriesJsonError::Structure("item end outside an item"));
         };
+        self.values.use_charset(outer.charset);
+        self.signed_pixels = outer.signed_pixels;
         self.close_attributes(first, unsorted);
         let Some(Frame::Sequence { items, .. }) = self.frames.last_mut() else {
             return Err(SeriesJsonError::Structure("item end outside a sequence"));
@@ -311,21 +356,32 @@ impl Writer {
         if !is_metadata(tag) {
             return discard(value, Some(header));
         }
-        if is_binary(vr) && (is_pixel_data(tag) || len as usize > INLINE_BINARY_MAX_BYTES) {
-            discard(value, Some(header))?;
-            self.bulk_attribute(tag, vr);
-            return Ok(());
+        match self.binaries.place(tag, vr, len) {
+            Placement::Value => {}
+            Placement::Reference => {
+                discard(value, Some(header))?;
+                self.bulk_attribute(tag, vr);
+                return Ok(());
+            }
+            Placement::Omitted => return discard(value, Some(header)),
+            Placement::TooLarge => {
+                self.top.left_out.push(LeftOut::TooLarge(tag));
+                return discard(value, Some(header));
+            }
         }
+        // Values inside an undefined-length UN element are little endian.
+        self.values
+            .set_big_endian(self.big_endian && !self.un.inside());
         let mut bytes = std::mem::take(&mut self.value);
         bytes.clear();
         let read = value.read_value_into(&mut bytes);
         let result = read.map_err(SeriesJsonError::from).and_then(|()| {
             check_length(&header, bytes.len() as u64)?;
             if top {
-                self.note_top_level(tag, vr, &bytes)?;
+                self.note_top_level(tag, vr, &bytes);
             }
             if tag == tags::SPECIFIC_CHARACTER_SET {
-                self.values.set_charset(tag, &bytes)?;
+                self.values.declare_charset(&bytes);
             }
             if tag == tags::PIXEL_REPRESENTATION && vr == VR::US {
                 let first = self.values.first_u16(&bytes);
@@ -338,45 +394,35 @@ impl Writer {
     }
 
     /// Keeps what the document needs to know of the instance from its top-level values.
-    fn note_top_level(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
+    fn note_top_level(&mut self, tag: Tag, vr: VR, bytes: &[u8]) {
         match (tag, vr) {
             (tags::SOP_INSTANCE_UID, VR::UI) => {
-                let text = self.values.text(tag, VR::UI, bytes)?;
-                let first = text.split('\\').next().unwrap_or_default();
-                self.top.sop_instance_uid = Some(trim_padding(first).trim().to_owned());
+                let first = self.values.values(vr, bytes).next().unwrap_or_default();
+                self.top.sop_instance_uid = Some(trim_padding(&first).trim().to_owned());
             }
             (tags::INSTANCE_NUMBER, VR::IS) => {
-                let text = self.values.text(tag, VR::IS, bytes)?;
-                let first = text.split('\\').next().unwrap_or_default();
+                let first = self.values.values(vr, bytes).next().unwrap_or_default();
                 self.top.instance_number = first.trim().parse().ok();
             }
-            (tags::ROWS, _) => self.top.rows = !bytes.is_empty(),
             (tags::BITS_ALLOCATED, VR::US) => {
                 let first = self.values.first_u16(bytes);
                 self.top.wide_pixels = first > Some(8);
             }
             _ => {}
         }
-        Ok(())
     }
 
-    /// The VR of the pixel data BulkDataURI to add, when the instance is an image read
-    /// without it.
+    /// The VR of the pixel data BulkDataURI to add, when the walk stopped at the pixel data.
     fn synthesized_pixel_vr(&self) -> Option<VR> {
-        if !self.bulk || self.top.float_pixels || !self.top.rows {
-            return None;
-        }
-        Some(if !self.encapsulated && self.top.wide_pixels {
-            VR::OW
-        } else {
-            VR::OB
-        })
+        let present = self.top.pixel_data && !self.top.float_pixels;
+        (self.binaries.bulk && present)
+            .then(|| binary::pixel_data_vr(self.encapsulated, self.top.wide_pixels))
     }
 
     /// Writes one attribute with its value as read.
     fn primitive(&mut self, tag: Tag, vr: VR, bytes: &[u8]) -> WriteResult {
         self.open(tag, vr);
-        self.values.write(&mut self.out, tag, vr, bytes)?;
+        self.values.write(&mut self.out, vr, bytes)?;
         self.out.push(b'}');
         Ok(())
     }
@@ -398,7 +444,7 @@ impl Writer {
 
     /// Writes a BulkDataURI attribute, or nothing when no base URL is configured.
     fn bulk_attribute(&mut self, tag: Tag, vr: VR) {
-        if !self.bulk {
+        if !self.binaries.bulk {
             return;
         }
         self.open(tag, vr);
@@ -454,20 +500,9 @@ fn is_us_or_ss(tag: Tag) -> bool {
         .is_some_and(|entry| entry.vr == VirtualVr::Xs)
 }
 
-fn is_binary(vr: VR) -> bool {
-    matches!(
-        vr,
-        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
-    )
-}
-
 /// Whether an attribute belongs in metadata: not file meta, group length or padding.
 fn is_metadata(tag: Tag) -> bool {
     tag.group() != 0x0002 && tag.element() != 0x0000 && tag != tags::DATA_SET_TRAILING_PADDING
-}
-
-fn is_pixel_data(tag: Tag) -> bool {
-    tag == tags::PIXEL_DATA || tag == tags::FLOAT_PIXEL_DATA || tag == tags::DOUBLE_FLOAT_PIXEL_DATA
 }
 
 #[cfg(test)]
@@ -476,12 +511,16 @@ mod tests {
     use dicom_core::{DataElement, dicom_value};
     use dicom_dictionary_std::uids;
     use dicom_object::InMemDicomObject;
-    use serde_json::{Value as Json, json};
+    use serde_json::json;
 
     use super::*;
+    use crate::series::convert::document::InstanceJson;
     use crate::series::convert::test_support::{
         BASE, PREFIX, assert_structure, element, fixture_json, from_bytes, in_memory, memory_json,
         parse, part10,
+    };
+    use crate::series::convert::test_support::{
+        ITEM, ITEM_END, SEQUENCE_END, explicit, explicit_le_with, undefined,
     };
 
     #[test]
@@ -504,8 +543,8 @@ mod tests {
         );
         let map = json.as_object().expect("object");
         assert!(
-            !map.contains_key("00091002"),
-            "long OB left out without a base URL"
+            json["00091002"]["InlineBinary"].is_string(),
+            "a longer OB is inline without a base URL"
         );
         assert!(
             !map.contains_key("7FE00010"),
@@ -515,51 +554,6 @@ mod tests {
             !map.keys().any(|k| k.starts_with("0002")),
             "no file meta group"
         );
-    }
-
-    #[test]
-    fn fixture_bulk_data_uris_with_a_base_url() {
-        let json = fixture_json(Some(BASE));
-        assert_structure(&json);
-        assert_eq!(
-            json["00091002"],
-            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00091002")})
-        );
-        assert_eq!(
-            json["7FE00010"],
-            json!({"vr": "OW", "BulkDataURI": format!("{PREFIX}/7FE00010")})
-        );
-        assert_eq!(
-            json["00091001"],
-            json!({"vr": "OB", "InlineBinary": "AQIDBA=="})
-        );
-        let last = json.as_object().and_then(|m| m.keys().next_back().cloned());
-        assert_eq!(
-            last.as_deref(),
-            Some("7FE00010"),
-            "pixel data in its sorted place"
-        );
-    }
-
-    #[test]
-    fn pixel_data_vr_follows_encoding_and_bits_allocated() {
-        let image = |bits: u16| {
-            in_memory(vec![
-                element(tags::ROWS, VR::US, 8_u16),
-                element(tags::BITS_ALLOCATED, VR::US, bits),
-            ])
-        };
-        let vr = |obj: &InMemDicomObject, ts: &str| {
-            let instance = from_bytes(&part10(obj, ts), Some(BASE)).expect("instance_json");
-            parse(instance.as_bytes())["7FE00010"]["vr"].clone()
-        };
-        let native = uids::EXPLICIT_VR_LITTLE_ENDIAN;
-        assert_eq!(vr(&image(16), native), "OW");
-        assert_eq!(vr(&image(16), uids::IMPLICIT_VR_LITTLE_ENDIAN), "OW");
-        assert_eq!(vr(&image(8), native), "OB");
-        assert_eq!(vr(&image(16), uids::JPEG2000), "OB", "encapsulated");
-        let not_image = in_memory(vec![element(tags::MODALITY, VR::CS, "SR")]);
-        assert_eq!(vr(&not_image, native), Json::Null, "no Rows, no pixel data");
     }
 
     #[test]
@@ -599,47 +593,6 @@ mod tests {
         );
         let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
         assert_eq!(keys, ["00080018", "00081140", "00280009"]);
-    }
-
-    #[test]
-    fn nested_binary_and_icon_pixels_get_path_uris() {
-        let icon = InMemDicomObject::from_element_iter([
-            element(tags::ROWS, VR::US, 2_u16),
-            DataElement::new(tags::PIXEL_DATA, VR::OW, dicom_value!(U16, [1, 2, 3, 4])),
-            DataElement::new(
-                Tag(0x0029, 0x1010),
-                VR::OB,
-                PrimitiveValue::U8(C::from_vec(vec![7; 2000])),
-            ),
-            DataElement::new(Tag(0x0029, 0x1011), VR::OW, dicom_value!(U16, [0x0102])),
-        ]);
-        let elements = || {
-            vec![DataElement::new(
-                tags::ICON_IMAGE_SEQUENCE,
-                VR::SQ,
-                DataSetSequence::from(vec![icon.clone()]),
-            )]
-        };
-        let with = memory_json(elements(), Some(BASE));
-        let item = &with["00880200"]["Value"][0];
-        assert_eq!(
-            item["7FE00010"],
-            json!({"vr": "OW", "BulkDataURI": format!("{PREFIX}/00880200/0/7FE00010")})
-        );
-        assert_eq!(
-            item["00291010"],
-            json!({"vr": "OB", "BulkDataURI": format!("{PREFIX}/00880200/0/00291010")})
-        );
-        assert_eq!(
-            item["00291011"],
-            json!({"vr": "OW", "InlineBinary": "AgE="}),
-            "little endian"
-        );
-
-        let without = memory_json(elements(), None);
-        let item = without["00880200"]["Value"][0].as_object().expect("item");
-        let keys: Vec<&String> = item.keys().collect();
-        assert_eq!(keys, ["00280010", "00291011"]);
     }
 
     #[test]
@@ -741,22 +694,62 @@ mod tests {
     }
 
     #[test]
-    fn inline_limit_is_inclusive() {
-        let value = |len: usize| PrimitiveValue::U8(C::from_vec(vec![0; len]));
-        let json = memory_json(
-            vec![
-                DataElement::new(Tag(0x0009, 0x1001), VR::OB, value(INLINE_BINARY_MAX_BYTES)),
-                DataElement::new(
-                    Tag(0x0009, 0x1002),
-                    VR::UN,
-                    value(INLINE_BINARY_MAX_BYTES + 1),
-                ),
-                DataElement::new(Tag(0x0009, 0x1003), VR::OB, PrimitiveValue::Empty),
+    fn pixel_representation_in_an_item_ends_with_its_item() {
+        let smallest = |value: u16| {
+            explicit(
+                tags::SMALLEST_IMAGE_PIXEL_VALUE,
+                b"US",
+                &value.to_le_bytes(),
+            )
+        };
+        let bytes = explicit_le_with(
+            &in_memory(Vec::new()),
+            &[
+                &undefined(tags::REFERENCED_IMAGE_SEQUENCE, Some(b"SQ"), false),
+                &undefined(ITEM, None, false),
+                &explicit(tags::PIXEL_REPRESENTATION, b"US", &1_u16.to_le_bytes()),
+                &smallest(0xFFFF),
+                &undefined(ITEM_END, None, false),
+                &undefined(SEQUENCE_END, None, false),
+                &smallest(0xFFFF),
             ],
-            Some(BASE),
         );
-        assert!(json["00091001"]["InlineBinary"].is_string());
-        assert!(json["00091002"]["BulkDataURI"].is_string());
-        assert_eq!(json["00091003"], json!({"vr": "OB"}));
+        let json = parse(from_bytes(&bytes, None).expect("converts").as_bytes());
+        assert_eq!(
+            json["00081140"]["Value"][0]["00280106"],
+            json!({"vr": "SS", "Value": [-1]})
+        );
+        assert_eq!(
+            json["00280106"],
+            json!({"vr": "US", "Value": [65535]}),
+            "unsigned again after the item"
+        );
+    }
+
+    #[test]
+    fn sequences_inside_64_items_are_left_out() {
+        let content = Tag(0x0040, 0xA730);
+        let mut more = Vec::new();
+        for _ in 0..70 {
+            more.push(undefined(content, Some(b"SQ"), false));
+            more.push(undefined(ITEM, None, false));
+        }
+        more.push(explicit(tags::TEXT_VALUE, b"UT", b"deep"));
+        for _ in 0..70 {
+            more.push(undefined(ITEM_END, None, false));
+            more.push(undefined(SEQUENCE_END, None, false));
+        }
+        more.push(explicit(Tag(0x0041, 0x0010), b"LO", b"after "));
+        let more: Vec<&[u8]> = more.iter().map(Vec::as_slice).collect();
+        let bytes = explicit_le_with(&in_memory(Vec::new()), &more);
+        let instance: InstanceJson = from_bytes(&bytes, None).expect("converts");
+        let text = String::from_utf8(instance.as_bytes().to_vec()).expect("UTF-8");
+        assert_eq!(text.matches("\"0040A730\"").count(), MAX_DEPTH);
+        assert!(!text.contains("deep"));
+        assert!(
+            text.ends_with(r#""00410010":{"vr":"LO","Value":["after"]}}"#),
+            "read on after the left-out sequence: {text}"
+        );
+        assert_eq!(instance.left_out(), [LeftOut::TooDeep(content)]);
     }
 }
