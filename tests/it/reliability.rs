@@ -493,7 +493,7 @@ async fn an_idle_consumer_that_still_owns_entries_is_not_deleted() {
     owner.consumer = format!("{}-owner", owner.consumer);
     owner.batch_size = 10_000;
     ensure_group(&mut con, &owner).await.expect("group");
-    let taken = read_new(&mut con, &owner, true)
+    let taken = read_new(&mut con, &owner, ReadMode::Wait)
         .await
         .expect("the owner reads");
     assert_eq!(taken.len(), dataset.events.len());
