@@ -6,8 +6,8 @@
 #
 #   scripts/dev-venv.sh pydicom==3.0.2
 #
-# Prints the environment's python on success. scripts/lint-deploy.sh creates the same
-# environment with the same steps.
+# Prints the environment's python on success. scripts/lint-deploy.sh and the pydicom
+# differential test use it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

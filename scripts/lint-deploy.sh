@@ -76,15 +76,7 @@ venv_ok() {
 }
 if ! venv_ok; then
     echo "installing ${PY_PACKAGES[*]} into $VENV"
-    if [ ! -x "$VENV/bin/pip" ]; then
-        rm -rf "$VENV"
-        if ! python3 -m venv "$VENV" 2> /dev/null; then
-            rm -rf "$VENV"
-            apt_install python3-venv
-            python3 -m venv "$VENV"
-        fi
-    fi
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+    scripts/dev-venv.sh "${PY_PACKAGES[@]}" > /dev/null
     venv_ok || fail "$VENV does not hold ${PY_PACKAGES[*]}"
 fi
 echo "systemd-analyze: $(systemd --version 2> /dev/null | head -n 1 || echo unknown version)"
