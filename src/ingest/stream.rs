@@ -212,6 +212,10 @@ return deleted
 /// run between them instead of waiting behind one long command.
 const IDS_PER_COMMAND: usize = 200;
 
+/// Ids acknowledged per round trip: what Redis reads of one client at a time (16 KiB) would
+/// otherwise hold about 1,000 ids, 0.6 ms of work that the server's commands wait behind.
+const IDS_PER_ROUND_TRIP: usize = 2 * IDS_PER_COMMAND;
+
 /// Acknowledges the entries, [`IDS_PER_COMMAND`] per XACK, all in one round trip, and
 /// returns how many were still pending.
 pub async fn ack<C: ConnectionLike>(
@@ -222,15 +226,19 @@ pub async fn ack<C: ConnectionLike>(
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut pipe = redis::pipe();
-    for chunk in ids.chunks(IDS_PER_COMMAND) {
-        pipe.cmd("XACK")
-            .arg(&settings.key)
-            .arg(&settings.group)
-            .arg(chunk);
+    let mut acked = 0;
+    for group in ids.chunks(IDS_PER_ROUND_TRIP) {
+        let mut pipe = redis::pipe();
+        for chunk in group.chunks(IDS_PER_COMMAND) {
+            pipe.cmd("XACK")
+                .arg(&settings.key)
+                .arg(&settings.group)
+                .arg(chunk);
+        }
+        let counts: Vec<usize> = pipe.query_async(con).await?;
+        acked += counts.into_iter().sum::<usize>();
     }
-    let acked: Vec<usize> = pipe.query_async(con).await?;
-    Ok(acked.into_iter().sum())
+    Ok(acked)
 }
 
 /// Claims `ids` again for this consumer without counting a delivery (`XCLAIM … JUSTID`),
