@@ -82,15 +82,26 @@ pub async fn run(
     }
 }
 
-/// Resets the idle time of the window's entries (no delivery counted).
-async fn keep_in_hand(
+/// Once `fresh_until` has passed, resets the idle time of the window's entries (no delivery
+/// counted) and sets the next time, a third of `claim_idle_ms` on.
+async fn keep_fresh(
     services: &Services,
     settings: &Settings,
     window: &Window,
-) -> Result<(), BatchError> {
-    let mut con = services.redis.get().await?;
-    stream::keep_in_hand(&mut *con, &settings.stream, window.ids()).await?;
-    Ok(())
+    fresh_until: &mut Instant,
+) {
+    if Instant::now() < *fresh_until {
+        return;
+    }
+    *fresh_until = Instant::now() + settings.stream.claim_idle() / 3;
+    let kept = async {
+        let mut con = services.redis.get().await?;
+        stream::keep_in_hand(&mut *con, &settings.stream, window.ids()).await?;
+        Ok::<(), BatchError>(())
+    };
+    if let Err(error) = kept.await {
+        tracing::debug!(%error, "could not keep the entries in hand fresh");
+    }
 }
 
 /// Claims and processes the group's idle entries, page by page, then deletes consumers
@@ -151,8 +162,8 @@ async fn reclaim(
 
 /// Processes a window, retrying infrastructure faults with backoff until it is done or
 /// the daemon is stopping (its entries then stay pending for a later claim). Entries in
-/// hand are claimed again every `claim_idle_ms / 3` so that a long window is not taken
-/// over by another consumer.
+/// hand are claimed again every `claim_idle_ms / 3`, between steps and while a retry backs
+/// off, so that a long window is not taken over by another consumer.
 async fn process_until_done(
     services: &Services,
     settings: &Settings,
@@ -175,12 +186,7 @@ async fn process_until_done(
                 break;
             }
         }
-        if Instant::now() >= fresh_until {
-            fresh_until = Instant::now() + settings.stream.claim_idle() / 3;
-            if let Err(error) = keep_in_hand(services, settings, window).await {
-                tracing::debug!(%error, "could not keep the entries in hand fresh");
-            }
-        }
+        keep_fresh(services, settings, window, &mut fresh_until).await;
         match round::process_step(services, settings, window).await {
             Ok(step) => {
                 health.up(Service::Redis);
@@ -199,7 +205,15 @@ async fn process_until_done(
                 if cancel.is_cancelled() {
                     break;
                 }
-                backoff.wait(cancel).await;
+                // A long backoff must not leave the entries idle for another to claim.
+                let retry_at = Instant::now() + backoff.next_delay();
+                while Instant::now() < retry_at && !cancel.is_cancelled() {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(retry_at.min(fresh_until)) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                    keep_fresh(services, settings, window, &mut fresh_until).await;
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ mod check_config;
 mod convert_differential;
 mod endpoint;
 mod helpers;
+mod in_hand;
 mod jwks;
 mod outbox;
 mod parser_props;
