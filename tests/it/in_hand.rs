@@ -12,6 +12,7 @@ use crate::helpers::{TestEnv, wait_for};
 /// One pending entry as `XPENDING` shows it.
 struct Pending {
     consumer: String,
+    idle_ms: i64,
     deliveries: i64,
 }
 
@@ -27,8 +28,9 @@ async fn pending(env: &TestEnv) -> Vec<Pending> {
         .expect("XPENDING");
     reply
         .into_iter()
-        .map(|(_, consumer, _, deliveries)| Pending {
+        .map(|(_, consumer, idle_ms, deliveries)| Pending {
             consumer,
+            idle_ms,
             deliveries,
         })
         .collect()
@@ -86,4 +88,66 @@ async fn a_window_longer_than_the_claim_time_stays_with_its_replica() {
     other.stop().await;
     holder.stop().await;
     assert_eq!(env.dead_letters().await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_stop_with_a_window_of_100_000_entries_in_hand_ends_within_the_grace_period() {
+    let mut env = TestEnv::new().await;
+    env.reclaim_quickly();
+    env.settings.shutdown.grace_secs = 3;
+    env.settings.validate().expect("valid");
+    let dataset = Dataset::generate(&DatasetSpec {
+        tenant_prefix: env.tenant_prefix.clone(),
+        tenants: 4,
+        studies: 5_000,
+        max_series: 1,
+        min_instances: 20,
+        max_instances: 20,
+        ..DatasetSpec::default()
+    });
+    ensure_group(&mut env.redis.clone(), &env.settings.stream)
+        .await
+        .expect("group");
+    env.load(&dataset).await;
+    let events = dataset.events.len();
+    assert_eq!(events, 100_000);
+
+    // The whole backlog is read into one window while the table is locked (the default
+    // window holds up to 1,000,000 entries); the stop comes as it is being processed.
+    let mut lock = env.db.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock the table");
+    let daemon = env.start_daemon();
+    wait_for("the whole backlog in hand", || async {
+        pending(&env).await.len() == events.min(10_000) && env.backlog().await.lag == Some(0)
+    })
+    .await;
+    assert_eq!(env.backlog().await.pending, events);
+    lock.rollback().await.expect("unlock");
+    let stopping = Instant::now();
+    daemon.stop().await;
+
+    let grace = Duration::from_secs(env.settings.shutdown.grace_secs);
+    assert!(
+        stopping.elapsed() < grace,
+        "the stop took {:?}, more than shutdown.grace_secs",
+        stopping.elapsed()
+    );
+    // Nothing lost: each entry is acknowledged or still pending for another replica.
+    let backlog = env.backlog().await;
+    assert_eq!(backlog.lag, Some(0));
+    assert!(backlog.pending <= events);
+    assert_eq!(env.dead_letters().await.len(), 0);
+    // What was left is claimed by the next consumer once idle past the claim time.
+    let claim_idle = i64::try_from(env.settings.stream.claim_idle_ms).expect("small");
+    wait_for("the entries left to be claimable", || async {
+        pending(&env)
+            .await
+            .iter()
+            .all(|entry| entry.idle_ms > claim_idle)
+    })
+    .await;
+    env.drain().await;
 }
