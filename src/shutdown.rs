@@ -18,11 +18,12 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
         .spawn(move || {
             let mut received = signals.forever();
             if let Some(signal) = received.next() {
+                // Cancelled first: the stop must not depend on the log line being written.
+                token.cancel();
                 tracing::info!(
                     signal,
                     "stopping: finishing the work in hand (signal again to exit at once)"
                 );
-                token.cancel();
             }
             if let Some(signal) = received.next() {
                 tracing::warn!(signal, "second signal: exiting at once");

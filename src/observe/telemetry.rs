@@ -14,7 +14,10 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (the reader of stderr is gone) is lost, never a
+        // panic: tracing-subscriber would report it with eprintln!, which panics then.
+        .log_internal_errors(false);
     // A second init (as in tests) keeps the first subscriber.
     let _ = match settings.format {
         LogFormat::Pretty => builder.try_init(),

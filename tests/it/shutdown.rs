@@ -309,3 +309,30 @@ async fn sigterm_during_a_retry_backoff_ends_the_wait_and_exits_within_the_grace
         "the entries stay pending"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_daemon_whose_log_reader_is_gone() {
+    let env = TestEnv::new().await;
+    let mut daemon = daemon_command(&env)
+        .env("DCW__LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut log = BufReader::new(daemon.stderr.take().expect("stderr")).lines();
+    wait_for_log_line(&mut log, "warming caches from the ingest stream").await;
+    // As when the collector reading the daemon's stderr dies: every log line now fails.
+    drop(log);
+    // Events make the daemon log while nobody reads.
+    let dataset = one_study(&env, 1).await;
+    dataset
+        .publish(&mut env.redis.clone(), &env.settings.stream.key)
+        .await
+        .expect("publish");
+    wait_for("the events to be acknowledged", || async {
+        env.backlog().await.is_drained()
+    })
+    .await;
+    let status = terminate(&mut daemon).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
