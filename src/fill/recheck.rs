@@ -244,8 +244,16 @@ async fn refill<C: redis::aio::ConnectionLike>(
     let plans = refresh::plan(db, settings, &mut pipe, &requests, None).await?;
     let written = refresh::send(con, &pipe, &plans).await?;
     for (tenant, study) in studies {
-        tracing::info!(%tenant, study_uid = %study, "study key overwritten after the fill: filled again");
+        tracing::debug!(%tenant, study_uid = %study, "study key overwritten after the fill");
     }
+    // Per study only the count is known: a fill refused because a newer one is cached is
+    // not a fill.
+    tracing::info!(
+        studies = studies.len(),
+        filled_again = written.filled,
+        newer_cached = written.stale,
+        "study keys overwritten after their fill: filled again from a new snapshot"
+    );
     metrics::rechecked(RecheckOutcome::Refilled, written.filled);
     Ok(())
 }
