@@ -55,7 +55,7 @@ pub enum ReadMode {
 }
 
 /// Reads entries never delivered to this group. An oversize entry that a plain read
-/// brought is dropped at once and read again cut down (see [`crate::ingest::bounded`]), so
+/// brought is dropped at once and read again cut down (see the bounded reads), so
 /// that no window holds it whole.
 pub async fn read_new<C: ConnectionLike>(
     con: &mut C,
@@ -216,8 +216,8 @@ const IDS_PER_COMMAND: usize = 200;
 /// otherwise hold about 1,000 ids, 0.6 ms of work that the server's commands wait behind.
 const IDS_PER_ROUND_TRIP: usize = 2 * IDS_PER_COMMAND;
 
-/// Acknowledges the entries, [`IDS_PER_COMMAND`] per XACK, all in one round trip, and
-/// returns how many were still pending.
+/// Acknowledges the entries, 200 ids per XACK and 400 per round trip (so that the server's
+/// commands are not kept waiting), and returns how many were still pending.
 pub async fn ack<C: ConnectionLike>(
     con: &mut C,
     settings: &StreamSettings,
