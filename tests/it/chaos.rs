@@ -492,26 +492,12 @@ async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang()
     // open: the answer never comes back, only the daemon's own deadline ends the query.
     let dataset = dataset(&env, 3, 15);
     dataset.insert(&env.db).await.expect("insert rows");
-    let mut lock = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
+    let lock = env.lock_state_table().await;
     dataset
         .publish(&mut env.redis.clone(), &env.settings.stream.key)
         .await
         .expect("publish");
-    wait_for("the daemon's study query to wait for the lock", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-             AND application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&env.db)
-        .await
-        .expect("pg_stat_activity")
-            > 0
-    })
-    .await;
+    env.wait_for_a_query_waiting_on_a_lock().await;
     proxy.freeze();
     lock.rollback().await.expect("release the lock");
     wait_for("the lost query to fail the work, not hang it", || async {

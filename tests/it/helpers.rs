@@ -178,6 +178,33 @@ impl TestEnv {
         ]
     }
 
+    /// Locks `dicom_state_meta` (ACCESS EXCLUSIVE) until the returned transaction ends: the
+    /// daemon's queries wait on it.
+    pub async fn lock_state_table(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut lock = self.db.begin().await.expect("begin");
+        sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .expect("lock dicom_state_meta");
+        lock
+    }
+
+    /// Waits until a query of the daemon (its `application_name`) in this test's database
+    /// waits for a lock.
+    pub async fn wait_for_a_query_waiting_on_a_lock(&self) {
+        wait_for("the daemon's query to wait for the lock", || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.db)
+            .await
+            .expect("pg_stat_activity")
+                > 0
+        })
+        .await;
+    }
+
     /// The group's pending count and lag (a missing group counts as nothing done).
     pub async fn backlog(&self) -> Backlog {
         let mut con = self.redis.clone();

@@ -54,11 +54,7 @@ async fn a_window_longer_than_the_claim_time_stays_with_its_replica() {
 
     // The window cannot be done while the table is locked: its queries time out and are
     // retried, and between the tries its entries are claimed again.
-    let mut lock = env.db.begin().await.expect("transaction");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("lock the table");
+    let lock = env.lock_state_table().await;
     let holder = env.start_daemon();
     wait_for("the window in hand", || async {
         let pending = pending(&env).await;
@@ -114,11 +110,7 @@ async fn a_stop_with_a_window_of_100_000_entries_in_hand_ends_within_the_grace_p
 
     // The whole backlog is read into one window while the table is locked (the default
     // window holds up to 1,000,000 entries); the stop comes as it is being processed.
-    let mut lock = env.db.begin().await.expect("transaction");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("lock the table");
+    let lock = env.lock_state_table().await;
     let daemon = env.start_daemon();
     wait_for("the whole backlog in hand", || async {
         pending(&env).await.len() == events.min(10_000) && env.backlog().await.lag == Some(0)

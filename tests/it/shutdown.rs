@@ -26,22 +26,6 @@ async fn one_study(env: &TestEnv, seed: u64) -> Dataset {
     dataset
 }
 
-/// Waits until a query of the daemon (its `application_name`) in the test's database waits
-/// for a lock.
-async fn wait_for_a_query_waiting_on_a_lock(env: &TestEnv) {
-    wait_for("the daemon's query to wait for the lock", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-             AND application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&env.db)
-        .await
-        .expect("pg_stat_activity")
-            > 0
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn sigterm_mid_stream_exits_zero_in_time_with_nothing_handled_left_pending() {
     let env = TestEnv::new().await;
@@ -96,11 +80,7 @@ async fn a_second_signal_exits_at_once_even_with_a_batch_in_hand() {
     let env = TestEnv::new().await;
     let dataset = one_study(&env, 1).await;
     // Hold a lock that makes the daemon's query wait: its batch cannot finish.
-    let mut blocker = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = env.lock_state_table().await;
     let mut con = env.redis.clone();
     dataset
         .publish(&mut con, &env.settings.stream.key)
@@ -140,11 +120,7 @@ async fn a_second_signal_exits_at_once_even_with_a_batch_in_hand() {
 async fn a_batch_that_overruns_the_grace_period_stays_pending_and_the_exit_says_so() {
     let env = TestEnv::new().await;
     let dataset = one_study(&env, 2).await;
-    let mut blocker = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = env.lock_state_table().await;
     dataset
         .publish(&mut env.redis.clone(), &env.settings.stream.key)
         .await
@@ -166,7 +142,7 @@ async fn a_batch_that_overruns_the_grace_period_stays_pending_and_the_exit_says_
         let mut text = String::new();
         stderr.read_to_string(&mut text).await.map(|_| text)
     });
-    wait_for_a_query_waiting_on_a_lock(&env).await;
+    env.wait_for_a_query_waiting_on_a_lock().await;
 
     let status = terminate(&mut daemon).await;
     let log = log.await.expect("log task").expect("read the log");

@@ -294,11 +294,7 @@ async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
     .await;
     // The table held, warm's next page waits until Ctrl-C is sent, however slowly this test
     // runs: it cannot reach the end of the selection first.
-    let mut hold = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *hold)
-        .await
-        .expect("lock the table");
+    let hold = env.lock_state_table().await;
     send_signal("-INT", pid).await;
     hold.rollback().await.expect("release the table");
     let output = output_within(child, "warm to exit after Ctrl-C").await;
@@ -346,11 +342,7 @@ async fn warm_stops_on_ctrl_c_and_a_rerun_fills_the_rest() {
 async fn a_second_ctrl_c_ends_warm_at_once_even_with_a_query_in_hand() {
     let env = TestEnv::new().await;
     // Hold a lock that makes warm's first query wait: it cannot finish on its own.
-    let mut blocker = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
+    let blocker = env.lock_state_table().await;
     let mut child = spawn_warm_logging(&env, "info", &["--all"]);
     wait_for("warm's query to wait for the lock", || async {
         let waiting: i64 = sqlx::query_scalar(

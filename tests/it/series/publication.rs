@@ -80,11 +80,7 @@ async fn a_build_that_lost_its_lock_publishes_nothing_and_removes_its_temporary_
     fifo.wait_for_reader().await;
     // The build goes on to write its temporary file, then waits for the table in its checks
     // before the rename.
-    let mut hold = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *hold)
-        .await
-        .expect("lock the table");
+    let hold = env.lock_state_table().await;
     fifo.feed().await;
     let document = series.document();
     wait_for("the temporary file", || async {
@@ -157,11 +153,7 @@ async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
         .await
         .expect("owner key of the wrong type");
     // The table held, so the build waits between writing its temporary file and the checks.
-    let mut hold = env.db.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *hold)
-        .await
-        .expect("lock the table");
+    let hold = env.lock_state_table().await;
     fifo.feed().await;
     let document = series.document();
     wait_for("the temporary file", || async {
