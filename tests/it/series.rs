@@ -14,7 +14,7 @@ use dicom_cache_warmer::{SeriesLock, document_path};
 use dicom_json::DicomJson;
 use dicom_object::InMemDicomObject;
 
-use crate::helpers::{DEADLINE, TestEnv, daemon_command, terminate, wait_for};
+use crate::helpers::{DEADLINE, Daemon, TestEnv, daemon_command, terminate, wait_for};
 
 mod build;
 mod locks;
@@ -273,6 +273,23 @@ async fn webworker_selects(env: &TestEnv) -> Vec<String> {
     .iter()
     .map(|row| sqlx::Row::get(row, "series_uid"))
     .collect()
+}
+
+impl SeriesFixture {
+    /// Publishes the series with its first instance file replaced by a FIFO, starts the
+    /// daemon and waits until the build holds the series' lock: it stays in the middle of
+    /// the build until the FIFO is fed.
+    async fn start_held_build(&self, env: &TestEnv) -> (Fifo, Daemon) {
+        let fifo = Fifo::in_place_of(self.instance_file(env, 0));
+        self.publish(env, &self.sops).await;
+        let daemon = env.start_daemon();
+        let owner_key = keys::series_lock_owner(&self.tenant, &self.series);
+        wait_for("the build to hold the lock", || async {
+            env.get(&owner_key).await.is_some()
+        })
+        .await;
+        (fifo, daemon)
+    }
 }
 
 /// An instance file replaced by a FIFO: a build reading it blocks until the test feeds it

@@ -204,14 +204,8 @@ async fn a_build_that_outlasts_a_lock_renewal_keeps_its_lock_and_lease_and_is_bu
     let series = SeriesFixture::new(&mut env, 3).await;
     // Renewals every 50 ms rather than 10 s: the build below outlasts several.
     env.settings.series.lock_renew_ms = 50;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
+    let (fifo, daemon) = series.start_held_build(&env).await;
     let lock_key = keys::series_lock(&series.tenant, &series.series);
-    wait_for("the build to hold the lock", || async {
-        env.get(&lock_key).await.is_some()
-    })
-    .await;
     let leased = series.schedule_score(&env).await.expect("leased");
     wait_for("the schedule lease to be renewed", || async {
         series
@@ -260,15 +254,9 @@ async fn a_build_that_outlasts_a_lock_renewal_keeps_its_lock_and_lease_and_is_bu
 async fn the_servers_plain_set_during_a_build_takes_the_lock_and_is_left_alone() {
     let mut env = TestEnv::new().await;
     let series = SeriesFixture::new(&mut env, 2).await;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
+    let (fifo, daemon) = series.start_held_build(&env).await;
     let lock_key = keys::series_lock(&series.tenant, &series.series);
     let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
-    wait_for("the build to hold the lock", || async {
-        env.get(&owner_key).await.is_some()
-    })
-    .await;
     // The server's webworker, as it does it: SET "1" EX 600, no NX, no owner.
     let _: () = redis::cmd("SET")
         .arg(&lock_key)
@@ -310,15 +298,9 @@ async fn the_servers_plain_set_during_a_build_takes_the_lock_and_is_left_alone()
 async fn the_servers_blind_delete_during_a_build_loses_the_lock() {
     let mut env = TestEnv::new().await;
     let series = SeriesFixture::new(&mut env, 2).await;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
+    let (fifo, daemon) = series.start_held_build(&env).await;
     let lock_key = keys::series_lock(&series.tenant, &series.series);
     let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
-    wait_for("the build to hold the lock", || async {
-        env.get(&owner_key).await.is_some()
-    })
-    .await;
     // The server's webworker ends its own build with a DEL of the flag, whoever holds it.
     let _: () = redis::cmd("DEL")
         .arg(&lock_key)

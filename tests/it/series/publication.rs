@@ -67,15 +67,9 @@ async fn a_build_that_lost_its_lock_publishes_nothing_and_removes_its_temporary_
     env.settings.database.statement_timeout_ms = 60_000;
     env.settings.stream.claim_idle_ms = 120_000;
     env.settings.stream.stale_consumer_ms = 240_000;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
+    let (fifo, daemon) = series.start_held_build(&env).await;
     let lock_key = keys::series_lock(&series.tenant, &series.series);
     let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
-    wait_for("the build to hold the lock", || async {
-        env.get(&owner_key).await.is_some()
-    })
-    .await;
     // Past its first queries, reading the files: held on the FIFO.
     fifo.wait_for_reader().await;
     // The build goes on to write its temporary file, then waits for the table in its checks
@@ -129,14 +123,8 @@ async fn a_build_that_lost_its_lock_publishes_nothing_and_removes_its_temporary_
 async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
     let mut env = TestEnv::new().await;
     let series = SeriesFixture::new(&mut env, 2).await;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
+    let (fifo, daemon) = series.start_held_build(&env).await;
     let owner_key = keys::series_lock_owner(&series.tenant, &series.series);
-    wait_for("the build to hold the lock", || async {
-        env.get(&owner_key).await.is_some()
-    })
-    .await;
     // Past its first queries, reading the files: held on the FIFO.
     fifo.wait_for_reader().await;
     // The owner key turns into a hash: the lock check before the rename fails with
@@ -174,15 +162,7 @@ async fn a_redis_failure_before_the_rename_leaves_no_temporary_file() {
 async fn a_series_deleted_during_its_build_is_not_published() {
     let mut env = TestEnv::new().await;
     let series = SeriesFixture::new(&mut env, 2).await;
-    let fifo = Fifo::in_place_of(series.instance_file(&env, 0));
-    series.publish(&env, &series.sops).await;
-    let daemon = env.start_daemon();
-    wait_for("the build to hold the lock", || async {
-        env.get(&keys::series_lock(&series.tenant, &series.series))
-            .await
-            .is_some()
-    })
-    .await;
+    let (fifo, daemon) = series.start_held_build(&env).await;
     // Past its first queries, reading the files: held on the FIFO.
     fifo.wait_for_reader().await;
     sqlx::query("DELETE FROM dicom_state_meta WHERE tenant_id = $1 AND study_uid = $2")
