@@ -107,25 +107,27 @@ impl Window {
         if entry.deliveries != 1 {
             self.redelivered.insert(index, entry.deliveries);
         }
-        let key = (event.tenant, event.study);
-        let mut part = self.parts.get(&key).copied().unwrap_or(0);
-        if event.kind == EventKind::Deleted {
-            // The deletion wins over every part of the study, whatever the order.
-            for earlier in 0..part {
-                if let Some(work) = self.studies.get_mut(&(key.clone(), earlier)) {
-                    work.kind = EventKind::Deleted;
+        let mut slot: Slot = ((event.tenant, event.study), 0);
+        if let Some(&latest) = self.parts.get(&slot.0) {
+            slot.1 = latest;
+            if event.kind == EventKind::Deleted {
+                // The deletion wins over every part of the study, whatever the order.
+                for earlier in 0..latest {
+                    if let Some(work) = self.studies.get_mut(&(slot.0.clone(), earlier)) {
+                        work.kind = EventKind::Deleted;
+                    }
                 }
             }
         }
         if let (EventKind::Stored, Some(series)) = (event.kind, &event.series)
-            && self.studies.get(&(key.clone(), part)).is_some_and(|work| {
+            && self.studies.get(&slot).is_some_and(|work| {
                 work.series.len() >= SERIES_PER_PART && !work.series.contains(series)
             })
         {
-            part += 1;
-            self.parts.insert(key.clone(), part);
+            slot.1 += 1;
+            self.parts.insert(slot.0.clone(), slot.1);
         }
-        let work = match self.studies.entry((key, part)) {
+        let work = match self.studies.entry(slot) {
             indexmap::map::Entry::Occupied(work) => work.into_mut(),
             indexmap::map::Entry::Vacant(slot) => {
                 let ((tenant, study), _) = slot.key();
