@@ -11,8 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
 
 use crate::config::{DatabaseSettings, StatementTimeoutVia};
 
@@ -100,16 +100,33 @@ where
     match settings.statement_timeout_via {
         StatementTimeoutVia::Startup => query(con).await,
         StatementTimeoutVia::Transaction => {
-            let begin = format!(
-                "BEGIN; SET LOCAL statement_timeout = '{}ms'",
-                settings.statement_timeout_ms
-            );
-            let mut tx = con.begin_with(begin).await?;
+            let mut tx = con.begin_with(begin_with_timeout(settings)).await?;
             let value = query(&mut tx).await?;
             tx.commit().await?;
             Ok(value)
         }
     }
+}
+
+/// A transaction on a connection from `pool`, under the statement timeout (set for this
+/// transaction alone with `statement_timeout_via = "transaction"`). The caller bounds it with
+/// a deadline of its own, as it holds the transaction across other work.
+pub async fn begin(
+    settings: &DatabaseSettings,
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    match settings.statement_timeout_via {
+        StatementTimeoutVia::Startup => pool.begin().await,
+        StatementTimeoutVia::Transaction => pool.begin_with(begin_with_timeout(settings)).await,
+    }
+}
+
+/// One simple-query message that opens a transaction and sets the timeout for it alone.
+fn begin_with_timeout(settings: &DatabaseSettings) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = '{}ms'",
+        settings.statement_timeout_ms
+    )
 }
 
 async fn bounded<T, E>(

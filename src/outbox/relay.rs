@@ -165,7 +165,7 @@ impl Relay {
     }
 
     async fn publish_batch(&self) -> Result<usize, StepError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = db::begin(&self.settings.database, &self.db).await?;
         let rows = table::take_batch(&mut tx, self.settings.outbox.batch_size).await?;
         if rows.is_empty() {
             tx.rollback().await?;
@@ -218,14 +218,12 @@ impl Relay {
 
     /// Sets the gauges from a count of the rows waiting; a failure leaves them as they were.
     async fn measure(&self) {
-        let measured = async {
-            let mut con = self.db.acquire().await?;
-            table::measure(&mut con).await
-        };
-        match tokio::time::timeout(self.step_timeout, measured).await {
-            Ok(Ok((rows, oldest))) => metrics::outbox_gauges(rows, oldest),
-            Ok(Err(error)) => tracing::debug!(error = %one_line(&error), "outbox not measured"),
-            Err(_) => tracing::debug!("outbox not measured: no answer in time"),
+        let measured = db::run(&self.settings.database, &self.db, async |con| {
+            table::measure(con).await
+        });
+        match measured.await {
+            Ok((rows, oldest)) => metrics::outbox_gauges(rows, oldest),
+            Err(error) => tracing::debug!(error = %one_line(&error), "outbox not measured"),
         }
     }
 

@@ -67,6 +67,7 @@ pub async fn take_batch(
         "SELECT id, tenant_id, study_uid, series_uid, event FROM dcw_ingest_outbox
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
+    .persistent(false)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(con)
     .await?;
@@ -79,6 +80,7 @@ pub async fn delete(con: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), sq
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     let started = Instant::now();
     sqlx::query("DELETE FROM dcw_ingest_outbox WHERE id = ANY($1)")
+        .persistent(false)
         .bind(&ids)
         .execute(con)
         .await?;
@@ -93,6 +95,7 @@ pub async fn measure(con: &mut PgConnection) -> Result<(u64, Duration), sqlx::Er
         "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
          FROM dcw_ingest_outbox",
     )
+    .persistent(false)
     .fetch_one(con)
     .await?;
     metrics::db_query(started.elapsed());
@@ -111,6 +114,7 @@ pub async fn check_relay_grant(con: &mut PgConnection) -> anyhow::Result<()> {
                      AND has_any_column_privilege(to_regclass('dcw_ingest_outbox'), 'UPDATE')
                      AND has_table_privilege(to_regclass('dcw_ingest_outbox'), 'DELETE'), false)",
     )
+    .persistent(false)
     .fetch_one(con)
     .await?;
     anyhow::ensure!(

@@ -28,7 +28,7 @@ fn patient_env() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
+pub(crate) fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
     Dataset::generate(&DatasetSpec {
         tenant_prefix: env.tenant_prefix.clone(),
         tenants: 2,
@@ -50,7 +50,7 @@ async fn outbox_command(env: &TestEnv, command: &str, url: Option<String>) -> st
     run_binary(env, &vars, &["outbox", command]).await
 }
 
-async fn install(env: &TestEnv) {
+pub(crate) async fn install(env: &TestEnv) {
     let output = outbox_command(env, "install", None).await;
     assert!(
         output.status.success(),
@@ -59,7 +59,7 @@ async fn install(env: &TestEnv) {
     );
 }
 
-async fn outbox_rows(env: &TestEnv) -> i64 {
+pub(crate) async fn outbox_rows(env: &TestEnv) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM dcw_ingest_outbox")
         .fetch_one(&env.db)
         .await
@@ -74,7 +74,9 @@ fn study_key(tenant: &str, study: &str) -> String {
 }
 
 /// Each study's rows as the server's type, in the order the key holds them.
-fn by_study(rows: &[DicomStateMeta]) -> BTreeMap<(String, String), Vec<ServerDicomStateMeta>> {
+pub(crate) fn by_study(
+    rows: &[DicomStateMeta],
+) -> BTreeMap<(String, String), Vec<ServerDicomStateMeta>> {
     let mut studies: BTreeMap<(String, String), Vec<ServerDicomStateMeta>> = BTreeMap::new();
     for row in rows {
         studies
@@ -86,7 +88,7 @@ fn by_study(rows: &[DicomStateMeta]) -> BTreeMap<(String, String), Vec<ServerDic
 }
 
 /// True when every study key holds exactly its rows, as the server's type reads and writes them.
-async fn all_warm(
+pub(crate) async fn all_warm(
     env: &TestEnv,
     expected: &BTreeMap<(String, String), Vec<ServerDicomStateMeta>>,
 ) -> bool {

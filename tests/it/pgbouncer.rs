@@ -5,18 +5,21 @@
 //! binary warms studies and builds a series document through it, and its statement timeout
 //! still cancels a query stuck on a lock without leaking to the pooler's other clients.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use dcw_testkit::server_writes::upsert_series;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::chaos_support::{Replica, check_cache, database_address, database_url_via, free_port};
 use crate::helpers::{DEADLINE, TestEnv, wait_for};
+use crate::outbox;
 use crate::security::run_binary;
 use crate::series::SeriesFixture;
 
@@ -319,4 +322,82 @@ async fn behind_pgbouncer_the_timeout_set_per_transaction_cancels_a_stuck_query_
     servers.sort_unstable();
     servers.dedup();
     assert_eq!(servers.len(), SERVER_CONNECTIONS, "{servers:?}");
+}
+
+#[tokio::test]
+async fn behind_pgbouncer_the_outbox_relay_relays_under_the_timeout_set_per_transaction() {
+    let env = TestEnv::new().await;
+    let Some(bouncer) = pgbouncer_or_skip(&env).await else {
+        return;
+    };
+    // Installed on PostgreSQL itself, as README says.
+    outbox::install(&env).await;
+    let mut vars = transaction_via(&bouncer, &env);
+    vars.extend([
+        ("DCW__OUTBOX__ENABLED", "true".into()),
+        ("DCW__OUTBOX__POLL_MS", "200".into()),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "500".into()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".into()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".into()),
+    ]);
+    let replica = Replica::start(&env, &vars).await;
+
+    // Several relay transactions, sharing PgBouncer's two server connections with the
+    // daemon's fills: every statement is prepared in the transaction that runs it.
+    let mut expected = BTreeMap::new();
+    for seed in 0..4 {
+        let dataset = outbox::dataset(&env, 3, seed);
+        upsert_series(&env.db, &dataset.rows)
+            .await
+            .expect("upsert series");
+        expected.extend(outbox::by_study(&dataset.rows));
+    }
+    wait_for("every study warmed through PgBouncer", || async {
+        outbox::all_warm(&env, &expected).await
+    })
+    .await;
+    assert!(
+        replica.figures().warnings.is_empty(),
+        "{:?}",
+        replica.figures().warnings
+    );
+
+    // The relay's next take waits for the test's lock: the server cancels it after 500 ms,
+    // so SET LOCAL reached the relay's transaction (the client's deadline, 5 s later, would
+    // say "no answer").
+    let mut holder = PgConnection::connect(env.settings.database.url.expose())
+        .await
+        .expect("connect directly");
+    let mut lock = holder.begin().await.expect("BEGIN");
+    sqlx::query("LOCK TABLE dcw_ingest_outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock the outbox");
+    let cancelled = "canceling statement due to statement timeout";
+    wait_for("the relay's take cancelled by the server", || async {
+        replica
+            .figures()
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("outbox relay failed") && warning.contains(cancelled))
+    })
+    .await;
+    lock.rollback().await.expect("ROLLBACK");
+
+    let later = outbox::dataset(&env, 2, 9);
+    upsert_series(&env.db, &later.rows)
+        .await
+        .expect("upsert series");
+    let later = outbox::by_study(&later.rows);
+    wait_for("the relay working again", || async {
+        outbox::all_warm(&env, &later).await && outbox::outbox_rows(&env).await == 0
+    })
+    .await;
+    let figures = replica.stop().await;
+    let unexpected: Vec<&String> = figures
+        .warnings
+        .iter()
+        .filter(|warning| !warning.contains(cancelled))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
 }
