@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
@@ -43,12 +44,53 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
     })
 }
 
-/// A pool that connects on first use, so an unreachable database never stops start-up.
+/// A pool of up to `database.max_connections` that connects on first use, so an unreachable
+/// database never stops start-up.
 pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    lazy_pool_of(settings, settings.max_connections)
+}
+
+/// A pool of up to `max_connections` that connects on first use.
+pub fn lazy_pool_of(
+    settings: &DatabaseSettings,
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(settings.connect_timeout())
         .connect_lazy_with(connect_options(settings)?))
+}
+
+/// A connection from the pool whose work may be cut short: dropped before
+/// [`InFlight::finished`], it is closed (within sqlx's 5 s) rather than given back. Given back,
+/// sqlx first reads whatever the cut query left unread, with no deadline: a connection lost in
+/// a black hole would hold its place in the pool until the kernel gives up on it, a quarter of
+/// an hour later, and a few of them would starve the pool.
+pub struct InFlight(Option<PoolConnection<Postgres>>);
+
+impl InFlight {
+    /// A connection from `pool`, within `database.connect_timeout_ms`.
+    pub async fn acquire(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self(Some(pool.acquire().await.map_err(explain)?)))
+    }
+
+    /// The connection, to run the work on.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("a connection until finished")
+    }
+
+    /// The work ended (in success or in error): the connection goes back to the pool.
+    pub fn finished(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(mut con) = self.0.take() {
+            con.close_on_drop();
+        }
+    }
 }
 
 /// Runs `query` on a connection from `pool`, under the statement timeout and within the
@@ -62,8 +104,10 @@ where
     E: From<sqlx::Error>,
 {
     bounded(settings, async {
-        let mut con = pool.acquire().await.map_err(explain)?;
-        with_statement_timeout(settings, &mut con, query).await
+        let mut con = InFlight::acquire(pool).await?;
+        let value = with_statement_timeout(settings, con.connection(), query).await;
+        con.finished();
+        value
     })
     .await
 }
@@ -108,16 +152,16 @@ where
     }
 }
 
-/// A transaction on a connection from `pool`, under the statement timeout (set for this
+/// A transaction on `con`, under the statement timeout (set for this
 /// transaction alone with `statement_timeout_via = "transaction"`). The caller bounds it with
 /// a deadline of its own, as it holds the transaction across other work.
-pub async fn begin(
+pub async fn begin<'c>(
     settings: &DatabaseSettings,
-    pool: &PgPool,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    con: &'c mut PgConnection,
+) -> Result<Transaction<'c, Postgres>, sqlx::Error> {
     match settings.statement_timeout_via {
-        StatementTimeoutVia::Startup => pool.begin().await,
-        StatementTimeoutVia::Transaction => pool.begin_with(begin_with_timeout(settings)).await,
+        StatementTimeoutVia::Startup => con.begin().await,
+        StatementTimeoutVia::Transaction => con.begin_with(begin_with_timeout(settings)).await,
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgListener};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -63,10 +63,7 @@ impl Relay {
         if !settings.outbox.enabled {
             return Ok(None);
         }
-        let db = PgPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS)
-            .acquire_timeout(settings.database.connect_timeout())
-            .connect_lazy_with(db::connect_options(&settings.database)?);
+        let db = db::lazy_pool_of(&settings.database, POOL_CONNECTIONS)?;
         // Connecting, three statements and the publishing round trip, each bounded by its
         // own timeout; this one catches a peer that went silent.
         let step_timeout = settings.database.connect_timeout()
@@ -159,13 +156,17 @@ impl Relay {
     /// One transaction: take the oldest rows no one else holds, publish them in one
     /// pipeline, and delete them only once Redis has them. Returns the rows taken.
     async fn step(&self) -> Result<usize, StepError> {
-        tokio::time::timeout(self.step_timeout, self.publish_batch())
-            .await
-            .map_err(|_| StepError::Timeout(self.step_timeout))?
+        let mut con = db::InFlight::acquire(&self.db).await?;
+        let stepped =
+            tokio::time::timeout(self.step_timeout, self.publish_batch(con.connection())).await;
+        if stepped.is_ok() {
+            con.finished();
+        }
+        stepped.map_err(|_| StepError::Timeout(self.step_timeout))?
     }
 
-    async fn publish_batch(&self) -> Result<usize, StepError> {
-        let mut tx = db::begin(&self.settings.database, &self.db).await?;
+    async fn publish_batch(&self, con: &mut PgConnection) -> Result<usize, StepError> {
+        let mut tx = db::begin(&self.settings.database, con).await?;
         let rows = table::take_batch(&mut tx, self.settings.outbox.batch_size).await?;
         if rows.is_empty() {
             tx.rollback().await?;

@@ -463,6 +463,20 @@ async fn postgres_cut_off_for_ten_seconds_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang() {
+    postgres_black_hole(CuttableProxy::restore).await;
+}
+
+/// The connections caught in the black hole stay silent for good (a NAT or firewall forgot
+/// them, or a failover): each is given up within the query deadline, not held until the kernel
+/// gives up on it a quarter of an hour later, and new connections carry the work on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stranded_in_a_black_hole_are_given_up_and_new_ones_carry_on() {
+    postgres_black_hole(CuttableProxy::strand).await;
+}
+
+/// A query lost in a black hole fails the work without hanging the loop; once `lift` has
+/// changed the proxy, the daemon drains.
+async fn postgres_black_hole(lift: fn(&CuttableProxy)) {
     let env = TestEnv::new().await;
     let proxy = CuttableProxy::start(database_address(&env.settings)).await;
     let http_port = endpoint::free_port();
@@ -474,6 +488,8 @@ async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang()
         ("DCW__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
         ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "3000".to_owned()),
         ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        // One connection: one held in the black hole and never given back shows at once.
+        ("DCW__DATABASE__MAX_CONNECTIONS", "1".to_owned()),
         ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
         ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
     ];
@@ -512,7 +528,7 @@ async fn postgres_that_stops_answering_without_closing_is_an_outage_not_a_hang()
         "nothing acknowledged without the rows"
     );
 
-    proxy.restore();
+    lift(&proxy);
     env.wait_until_drained().await;
     wait_for("readiness again", || async {
         status("/readyz").await == Some(200)

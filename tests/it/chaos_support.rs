@@ -527,6 +527,9 @@ enum Link {
     /// Nothing forwarded any more, nothing closed: live and new connections hang, as
     /// behind a firewall that drops packets.
     Frozen,
+    /// Live connections silent for good (as after a NAT or firewall forgot them, or a
+    /// failover), new ones forwarded.
+    Stranded,
 }
 
 /// A TCP proxy to `upstream` with a switch: cut, it resets every live connection and
@@ -573,6 +576,12 @@ impl CuttableProxy {
     pub fn restore(&self) {
         self.link.send_replace(Link::Up);
     }
+
+    /// Forwards new connections; every connection open now (frozen or not) stays silent
+    /// and open until the proxy is dropped.
+    pub fn strand(&self) {
+        self.link.send_replace(Link::Stranded);
+    }
 }
 
 impl Drop for CuttableProxy {
@@ -582,7 +591,7 @@ impl Drop for CuttableProxy {
 }
 
 async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link: watch::Receiver<Link>) {
-    if *link.borrow_and_update() != Link::Up {
+    if matches!(*link.borrow_and_update(), Link::Cut | Link::Frozen) {
         // Blackholed: held without a byte read or written until the link is up again.
         let _ = client.set_zero_linger();
         let _ = link.wait_for(|link| *link == Link::Up).await;
@@ -594,16 +603,33 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link: watch::R
     // As a router would: no delay of its own added to small packets.
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let changed = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
-        changed = link.wait_for(|link| *link != Link::Up) => changed.map(|link| *link),
+    let mut changed = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                changed = link.changed() => match changed.map(|()| *link.borrow_and_update()) {
+                    Ok(Link::Up) => {}
+                    Ok(changed) => break changed,
+                    Err(_) => return,
+                },
+            }
+        }
     };
     // A reset, as a broken network would give, rather than a polite close.
     let _ = client.set_zero_linger();
     let _ = server.set_zero_linger();
-    if changed.is_ok_and(|link| link == Link::Frozen) {
+    if changed == Link::Frozen {
         // Held open, silent, until the link changes again.
-        let _ = link.wait_for(|link| *link != Link::Frozen).await;
+        changed = link
+            .wait_for(|link| *link != Link::Frozen)
+            .await
+            .map_or(Link::Cut, |link| *link);
+    }
+    if changed == Link::Stranded {
+        // Held open, silent, for good.
+        std::future::pending::<()>().await;
     }
 }
 
