@@ -186,7 +186,8 @@ where
         .unwrap_or_else(|_| Err(no_answer(deadline).into()))
 }
 
-fn no_answer(deadline: Duration) -> sqlx::Error {
+/// The error of a query that got no answer within `deadline`.
+pub fn no_answer(deadline: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("PostgreSQL did not answer within {deadline:?}"),

@@ -19,8 +19,13 @@ use crate::outbox::table::{self, CHANNEL};
 
 /// How often the rows waiting are counted for the gauges, at most.
 const MEASURE_INTERVAL: Duration = Duration::from_secs(5);
-/// The relay's own connections: the listener's and the steps'.
-const POOL_CONNECTIONS: u32 = 2;
+/// The relay's own connections: the listener's, the steps', and one for a listener given up
+/// in a black hole, whose connection sqlx keeps until the kernel gives up on it.
+const POOL_CONNECTIONS: u32 = 3;
+/// A listener that heard nothing for this long is asked whether its connection still answers
+/// (without TCP keepalive, which sqlx lacks, a connection whose packets are dropped never
+/// fails); without a listener, the relay passes and listens again this often.
+const LISTENER_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a step failed; its rows stay in the outbox and are taken again.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +115,7 @@ impl Relay {
             tokio::select! {
                 () = cancel.cancelled() => {}
                 _ = poll.tick() => {}
-                woken = notified(&mut listener) => if let Err(error) = woken {
+                woken = notified(&mut listener, self.settings.database.query_deadline()) => if let Err(error) = woken {
                     // Polling covers the gap; the next pass listens again.
                     tracing::debug!(error = %error, "outbox notifications lost");
                     listener = None;
@@ -240,14 +245,34 @@ impl Relay {
     }
 }
 
-/// Waits for a notification and takes the ones queued behind it; waits forever without
-/// a listener. `Ok` also when the connection was lost and made again: the pass that
-/// follows finds what was missed.
-async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+/// Waits for a notification and takes the ones queued behind it; without a listener, waits
+/// [`LISTENER_CHECK`]. `Ok` also when the connection was lost and made again: the pass that
+/// follows finds what was missed. Every [`LISTENER_CHECK`] of silence, the connection must
+/// answer a query within `deadline`, or the listener is given up (`Err`).
+async fn notified(
+    listener: &mut Option<PgListener>,
+    deadline: Duration,
+) -> Result<(), sqlx::Error> {
     let Some(listener) = listener else {
-        return std::future::pending().await;
+        tokio::time::sleep(LISTENER_CHECK).await;
+        return Ok(());
     };
-    listener.try_recv().await?;
+    loop {
+        match tokio::time::timeout(LISTENER_CHECK, listener.try_recv()).await {
+            Ok(received) => {
+                received?;
+                break;
+            }
+            Err(_silence) => {
+                let checked = sqlx::query("SELECT 1")
+                    .persistent(false)
+                    .execute(&mut *listener);
+                tokio::time::timeout(deadline, checked)
+                    .await
+                    .map_err(|_| db::no_answer(deadline))??;
+            }
+        }
+    }
     while listener.next_buffered().is_some() {}
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use dcw_testkit::server_writes::upsert_series;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::time::Instant;
 
@@ -24,6 +25,7 @@ use crate::chaos_support::{
 };
 use crate::endpoint;
 use crate::helpers::{TestEnv, wait_for};
+use crate::outbox;
 
 fn dataset(env: &TestEnv, studies: usize, seed: u64) -> Dataset {
     Dataset::generate(&DatasetSpec {
@@ -542,4 +544,52 @@ async fn postgres_black_hole(lift: fn(&CuttableProxy)) {
         "{:?}",
         cache.wrong
     );
+}
+
+/// The relay's listening connection, stranded in a black hole, never fails by itself: it is
+/// found deaf after 5 s of silence plus the query deadline, and notifications are heard again
+/// on a new connection. With polling off, only a working listener wakes the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_listener_stranded_in_a_black_hole_is_given_up_and_listens_again() {
+    let env = TestEnv::new().await;
+    outbox::install(&env).await;
+    let proxy = CuttableProxy::start(database_address(&env.settings)).await;
+    let vars = [
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, proxy.port),
+        ),
+        ("DCW__OUTBOX__ENABLED", "true".to_owned()),
+        ("DCW__OUTBOX__POLL_MS", "600000".to_owned()),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
+    ];
+    let replica = Replica::start(&env, &vars).await;
+    let first = outbox::dataset(&env, 2, 21);
+    upsert_series(&env.db, &first.rows).await.expect("upsert");
+    let first = outbox::by_study(&first.rows);
+    wait_for("warmed through a notification", || async {
+        outbox::all_warm(&env, &first).await
+    })
+    .await;
+
+    proxy.strand();
+    let later = outbox::dataset(&env, 2, 22);
+    upsert_series(&env.db, &later.rows).await.expect("upsert");
+    let later = outbox::by_study(&later.rows);
+    // Each look writes a row more: its notification wakes the relay once a listener hears.
+    let mut seed = 100;
+    wait_for("warmed once a new listener hears", || {
+        seed += 1;
+        let nudge = outbox::dataset(&env, 1, seed);
+        let (env, later) = (&env, &later);
+        async move {
+            upsert_series(&env.db, &nudge.rows).await.expect("upsert");
+            outbox::all_warm(env, later).await
+        }
+    })
+    .await;
+    replica.stop().await;
 }
