@@ -136,7 +136,7 @@ async fn run_until(
         relay.await?;
     }
     endpoint.await?;
-    services.db.close().await;
+    db::close(&services.db).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -61,6 +61,18 @@ pub fn lazy_pool_of(
         .connect_lazy_with(connect_options(settings)?))
 }
 
+/// How long closing a pool at the end may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes `pool`'s connections, waiting at most a second: sqlx waits for every connection to
+/// come back, and one stranded in a black hole comes back only when the kernel gives up on
+/// it. The exit closes what is left.
+pub async fn close(pool: &PgPool) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, pool.close()).await.is_err() {
+        tracing::debug!("PostgreSQL connections left to the exit: one did not come back in time");
+    }
+}
+
 /// A connection from the pool whose work may be cut short: dropped before
 /// [`InFlight::finished`], it is closed (within sqlx's 5 s) rather than given back. Given back,
 /// sqlx first reads whatever the cut query left unread, with no deadline: a connection lost in

@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Settings;
+use crate::config::{Settings, StatementTimeoutVia};
 use crate::db;
 use crate::observe::health::Service;
 use crate::observe::metrics::{self, Counter, RoundTrip};
@@ -22,9 +22,8 @@ const MEASURE_INTERVAL: Duration = Duration::from_secs(5);
 /// The relay's own connections: the listener's, the steps', and one for a listener given up
 /// in a black hole, whose connection sqlx keeps until the kernel gives up on it.
 const POOL_CONNECTIONS: u32 = 3;
-/// A listener that heard nothing for this long is asked whether its connection still answers
-/// (without TCP keepalive, which sqlx lacks, a connection whose packets are dropped never
-/// fails); without a listener, the relay passes and listens again this often.
+/// How often the listener's connection must answer a query (see [`Relay::check`]); without a
+/// listener, the relay passes and listens again this often.
 const LISTENER_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a step failed; its rows stay in the outbox and are taken again.
@@ -90,21 +89,27 @@ impl Relay {
         table::check_relay_grant(&mut con).await
     }
 
-    /// Relays until `cancel` fires: a pass at start, then one per notification or
-    /// `outbox.poll_ms`; a step in hand finishes first.
+    /// Relays until `cancel` fires: a pass at start, then one per notification,
+    /// `outbox.poll_ms` and [`LISTENER_CHECK`]; a step in hand finishes first.
     pub async fn run(mut self, cancel: CancellationToken) {
+        // Behind a transaction pooler (PgBouncer), a LISTEN stays on whichever server
+        // connection ran it, whose next client (a fill) then gets the notifications.
+        let listens = self.settings.database.statement_timeout_via == StatementTimeoutVia::Startup;
         tracing::info!(
             stream = %self.settings.stream.key,
             batch_size = self.settings.outbox.batch_size,
             poll_ms = self.settings.outbox.poll_ms,
+            notifications = listens,
             "relaying the outbox dcw_ingest_outbox to the ingest stream"
         );
         let mut listener = None;
         let mut poll = tokio::time::interval(self.settings.outbox.poll());
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval_at(Instant::now() + LISTENER_CHECK, LISTENER_CHECK);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_measure = Instant::now();
         while !cancel.is_cancelled() {
-            if listener.is_none() {
+            if listens && listener.is_none() {
                 listener = self.listen().await;
             }
             self.relay_waiting(&cancel).await;
@@ -115,8 +120,12 @@ impl Relay {
             tokio::select! {
                 () = cancel.cancelled() => {}
                 _ = poll.tick() => {}
-                woken = notified(&mut listener, self.settings.database.query_deadline()) => if let Err(error) = woken {
+                _ = check.tick() => if let Err(error) = self.check(&mut listener).await {
                     // Polling covers the gap; the next pass listens again.
+                    tracing::debug!(error = %error, "outbox listener deaf");
+                    listener = None;
+                },
+                woken = notified(&mut listener) => if let Err(error) = woken {
                     tracing::debug!(error = %error, "outbox notifications lost");
                     listener = None;
                 },
@@ -124,7 +133,7 @@ impl Relay {
         }
         // The listener holds one of the pool's connections.
         drop(listener);
-        self.db.close().await;
+        db::close(&self.db).await;
     }
 
     /// Relays every row waiting now, retrying faults with backoff until it is done or
@@ -222,6 +231,23 @@ impl Relay {
         }
     }
 
+    /// Whether the listener's connection still answers a query within the query deadline:
+    /// without TCP keepalive (sqlx has none), a connection whose packets are dropped never
+    /// fails, and its notifications just stop.
+    async fn check(&self, listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+        let Some(listener) = listener else {
+            return Ok(());
+        };
+        let deadline = self.settings.database.query_deadline();
+        let answered = sqlx::query("SELECT 1")
+            .persistent(false)
+            .execute(&mut *listener);
+        tokio::time::timeout(deadline, answered)
+            .await
+            .map_err(|_| db::no_answer(deadline))?
+            .map(drop)
+    }
+
     /// Sets the gauges from a count of the rows waiting; a failure leaves them as they were.
     async fn measure(&self) {
         let measured = db::run(&self.settings.database, &self.db, async |con| {
@@ -245,34 +271,14 @@ impl Relay {
     }
 }
 
-/// Waits for a notification and takes the ones queued behind it; without a listener, waits
-/// [`LISTENER_CHECK`]. `Ok` also when the connection was lost and made again: the pass that
-/// follows finds what was missed. Every [`LISTENER_CHECK`] of silence, the connection must
-/// answer a query within `deadline`, or the listener is given up (`Err`).
-async fn notified(
-    listener: &mut Option<PgListener>,
-    deadline: Duration,
-) -> Result<(), sqlx::Error> {
+/// Waits for a notification and takes the ones queued behind it; waits forever without
+/// a listener. `Ok` also when the connection was lost and made again: the pass that
+/// follows finds what was missed.
+async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     let Some(listener) = listener else {
-        tokio::time::sleep(LISTENER_CHECK).await;
-        return Ok(());
+        return std::future::pending().await;
     };
-    loop {
-        match tokio::time::timeout(LISTENER_CHECK, listener.try_recv()).await {
-            Ok(received) => {
-                received?;
-                break;
-            }
-            Err(_silence) => {
-                let checked = sqlx::query("SELECT 1")
-                    .persistent(false)
-                    .execute(&mut *listener);
-                tokio::time::timeout(deadline, checked)
-                    .await
-                    .map_err(|_| db::no_answer(deadline))??;
-            }
-        }
-    }
+    listener.try_recv().await?;
     while listener.next_buffered().is_some() {}
     Ok(())
 }
