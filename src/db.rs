@@ -68,7 +68,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// come back, and one stranded in a black hole comes back only when the kernel gives up on
 /// it. The exit closes what is left.
 pub async fn close(pool: &PgPool) {
-    if tokio::time::timeout(CLOSE_TIMEOUT, pool.close()).await.is_err() {
+    if tokio::time::timeout(CLOSE_TIMEOUT, pool.close())
+        .await
+        .is_err()
+    {
         tracing::debug!("PostgreSQL connections left to the exit: one did not come back in time");
     }
 }
