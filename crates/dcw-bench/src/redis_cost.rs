@@ -197,6 +197,16 @@ impl RedisCost {
             "Redis time per event by command (commandstats, every client): {}",
             rows.join(", ")
         );
+        println!(
+            "Redis time inside commands: {:.2} µs an event (the rest of Redis CPU per event is \
+             the work around each call: reading, replying, waking)",
+            self.in_commands_per_event(events)
+        );
+    }
+
+    /// Microseconds inside Redis per event, all commands together.
+    fn in_commands_per_event(&self, events: usize) -> f64 {
+        self.per_event(events).iter().map(|(_, usec, _)| usec).sum()
     }
 
     /// The figures as JSON.
@@ -212,6 +222,7 @@ impl RedisCost {
             "over_1_ms": self.over_1_ms,
             "slowest_us": self.slowest.iter().cloned().collect::<BTreeMap<_, _>>(),
             "per_event": per_event,
+            "in_commands_usec_per_event": self.in_commands_per_event(events),
         })
     }
 }
