@@ -181,11 +181,19 @@ impl TestEnv {
     /// Locks `dicom_state_meta` (ACCESS EXCLUSIVE) until the returned transaction ends: the
     /// daemon's queries wait on it.
     pub async fn lock_state_table(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        self.lock_table("dicom_state_meta").await
+    }
+
+    /// Locks `table` (ACCESS EXCLUSIVE) until the returned transaction ends.
+    pub async fn lock_table(
+        &self,
+        table: &'static str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
         let mut lock = self.db.begin().await.expect("begin");
-        sqlx::query("LOCK TABLE dicom_state_meta IN ACCESS EXCLUSIVE MODE")
+        sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
             .execute(&mut *lock)
             .await
-            .expect("lock dicom_state_meta");
+            .unwrap_or_else(|error| panic!("lock {table}: {error}"));
         lock
     }
 

@@ -365,14 +365,7 @@ async fn behind_pgbouncer_the_outbox_relay_relays_under_the_timeout_set_per_tran
     // The relay's next take waits for the test's lock: the server cancels it after 500 ms,
     // so SET LOCAL reached the relay's transaction (the client's deadline, 5 s later, would
     // say "no answer").
-    let mut holder = PgConnection::connect(env.settings.database.url.expose())
-        .await
-        .expect("connect directly");
-    let mut lock = holder.begin().await.expect("BEGIN");
-    sqlx::query("LOCK TABLE dcw_ingest_outbox IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("lock the outbox");
+    let lock = env.lock_table("dcw_ingest_outbox").await;
     let cancelled = "canceling statement due to statement timeout";
     wait_for("the relay's take cancelled by the server", || async {
         replica
