@@ -546,9 +546,9 @@ async fn postgres_black_hole(lift: fn(&CuttableProxy)) {
     );
 }
 
-/// The relay's listening connection, stranded in a black hole, never fails by itself: it is
-/// found deaf after 5 s of silence plus the query deadline, and notifications are heard again
-/// on a new connection. With polling off, only a working listener wakes the relay.
+/// The relay's listening connection, stranded in a black hole, never fails by itself: its
+/// check (every 5 s) gets no answer within the query deadline, and notifications are heard
+/// again on a new connection. With polling off, only a working listener wakes the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_listener_stranded_in_a_black_hole_is_given_up_and_listens_again() {
     let env = TestEnv::new().await;
