@@ -277,7 +277,7 @@ check(not os.path.exists(f"{K8S}/configmap.yaml"), "no static configmap.yaml bes
 settings = configmap["data"]
 check(all(k.startswith("DCW__") for k in settings), "config.env holds DCW__ settings only")
 
-# Resources, threads and arenas.
+# Resources and arenas.
 resources = container["resources"]
 def mebibytes(quantity):
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
@@ -289,10 +289,9 @@ check(mebibytes(resources["limits"]["memory"]) >= 2 * 64, f"memory limit {resour
 check("cpu" in resources["limits"] and millicores(resources["limits"]["cpu"]) >= millicores(resources["requests"]["cpu"]),
       f"CPU limit {resources['limits'].get('cpu')} >= request {resources['requests']['cpu']}")
 env = {e["name"]: e for e in container.get("env", [])}
-for var in ("TOKIO_WORKER_THREADS", "MALLOC_ARENA_MAX"):
-    ref = env.get(var, {}).get("valueFrom", {}).get("resourceFieldRef", {})
-    check(ref.get("resource") == "limits.cpu" and str(ref.get("divisor")) == "1"
-          and ref.get("containerName") == container["name"], f"{var} is the CPU limit in whole cores")
+arenas = env.get("MALLOC_ARENA_MAX", {}).get("valueFrom", {}).get("resourceFieldRef", {})
+check(arenas.get("resource") == "limits.cpu" and str(arenas.get("divisor")) == "1"
+      and arenas.get("containerName") == container["name"], "MALLOC_ARENA_MAX is the CPU limit in whole cores")
 
 # Network policy: egress to Redis, PostgreSQL, DNS, HTTPS; metrics from "monitoring".
 egress = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}

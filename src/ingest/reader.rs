@@ -1,6 +1,7 @@
-//! The stream reader: a dedicated connection for blocking reads, with the next read
-//! prefetched while the previous one's entries are parsed into the window.
+//! The stream reader: a dedicated connection for blocking reads, with the next reads sent
+//! ahead while an earlier one's entries are parsed into the window.
 
+use std::collections::VecDeque;
 use std::panic;
 
 use redis::RedisResult;
@@ -16,6 +17,19 @@ use crate::ingest::window::{MAX_STUDY_BYTES, Window};
 use crate::observe::health::Health;
 use crate::observe::metrics::{self, Counter, RoundTrip};
 use crate::redis_conn;
+
+/// Reads sent ahead of the one whose entries are being parsed.
+const READS_AHEAD: usize = 2;
+
+/// Whether `window`, with `coming` more entries, still has room for another read: fewer
+/// entries than `stream.coalesce_entries`, fewer than a batch of bad entries, and studies
+/// and series of less than [`MAX_STUDY_BYTES`].
+fn has_room(settings: &Settings, window: &Window, coming: usize) -> bool {
+    let batch = settings.stream.batch_size;
+    window.len() + coming + batch <= settings.stream.coalesce_entries
+        && window.bad().len() < batch
+        && window.study_bytes() < MAX_STUDY_BYTES
+}
 
 /// The stream reader's dedicated connection, opened (and the group ensured) on demand.
 pub struct Reader {
@@ -38,9 +52,9 @@ impl Reader {
 
     /// Reads into `window` until a read comes back short (the stream is drained for now),
     /// the window holds `stream.coalesce_entries` (or a batch of bad entries, or studies and
-    /// series of [`MAX_STUDY_BYTES`]), or the
-    /// daemon is stopping; only the first read waits. Each further read runs in Redis while
-    /// the previous one's entries are parsed here.
+    /// series of [`MAX_STUDY_BYTES`]), or the daemon is stopping; only the first read waits.
+    /// Up to [`READS_AHEAD`] further reads run in Redis while an earlier one's entries are
+    /// parsed here; what they bring is added too, so that no entry read is left behind.
     pub async fn gather(
         &mut self,
         settings: &Settings,
@@ -49,33 +63,40 @@ impl Reader {
         window: &mut Window,
     ) -> RedisResult<()> {
         self.wait_turn(cancel).await;
-        let mut read = self.read(settings, health).await;
+        let mut read = self.read(settings, health).await?;
+        let mut ahead = VecDeque::new();
+        let mut failed = None;
+        let mut exhausted = false;
         loop {
-            let entries = read?;
-            // Bad entries are held until dead-lettered: a batch's worth ends the window.
-            let more = entries.len() == settings.stream.batch_size
-                && window.len() + entries.len() < settings.stream.coalesce_entries
-                && window.bad().len() < settings.stream.batch_size
-                && window.study_bytes() < MAX_STUDY_BYTES
-                && !cancel.is_cancelled();
-            if more {
+            let batch = settings.stream.batch_size;
+            exhausted |= read.len() < batch;
+            while !exhausted
+                && failed.is_none()
+                && ahead.len() < READS_AHEAD
+                && has_room(settings, window, read.len() + ahead.len() * batch)
+                && !cancel.is_cancelled()
+            {
                 self.wait_turn(cancel).await;
-            }
-            let next = more.then(|| self.prefetch(settings));
-            if next.is_some() {
+                ahead.push_back(self.prefetch(settings));
                 // Lets the read go out before the parsing below keeps this thread busy.
                 tokio::task::yield_now().await;
             }
-            for entry in entries {
+            for entry in read {
                 window.add(entry);
             }
-            let Some(next) = next else {
-                return Ok(());
+            let Some(next) = ahead.pop_front() else {
+                return failed.map_or(Ok(()), Err);
             };
             let fetched = next
                 .await
                 .unwrap_or_else(|error| panic::resume_unwind(error.into_panic()));
-            read = self.record(fetched, health);
+            read = match self.record(fetched, health) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    failed.get_or_insert(error);
+                    Vec::new()
+                }
+            };
             health.beat();
         }
     }
