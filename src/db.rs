@@ -167,17 +167,28 @@ where
     }
 }
 
-/// A transaction on `con`, under the statement timeout (set for this
-/// transaction alone with `statement_timeout_via = "transaction"`). The caller bounds it with
-/// a deadline of its own, as it holds the transaction across other work.
+/// A transaction on `con`, under the statement timeout (set for this transaction alone with
+/// `statement_timeout_via = "transaction"`), that the server ends by itself once it has
+/// waited on the client for `idle_limit` (`idle_in_transaction_session_timeout`). The caller
+/// bounds it with a deadline of its own, as it holds the transaction across other work.
+///
+/// A client lost in a black hole never ends its transaction: without the limit, its row
+/// locks would be held until the server's TCP keepalive gave up on it, over two hours on
+/// Linux' defaults (sqlx cannot set keepalive on the client's side).
 pub async fn begin<'c>(
     settings: &DatabaseSettings,
     con: &'c mut PgConnection,
+    idle_limit: Duration,
 ) -> Result<Transaction<'c, Postgres>, sqlx::Error> {
-    match settings.statement_timeout_via {
-        StatementTimeoutVia::Startup => con.begin().await,
-        StatementTimeoutVia::Transaction => con.begin_with(begin_with_timeout(settings)).await,
-    }
+    let limit = format!(
+        "SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+        idle_limit.as_millis()
+    );
+    let begin = match settings.statement_timeout_via {
+        StatementTimeoutVia::Startup => format!("BEGIN; {limit}"),
+        StatementTimeoutVia::Transaction => format!("{}; {limit}", begin_with_timeout(settings)),
+    };
+    con.begin_with(begin).await
 }
 
 /// One simple-query message that opens a transaction and sets the timeout for it alone.

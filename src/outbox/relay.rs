@@ -180,7 +180,8 @@ impl Relay {
     }
 
     async fn publish_batch(&self, con: &mut PgConnection) -> Result<usize, StepError> {
-        let mut tx = db::begin(&self.settings.database, con).await?;
+        // Stranded, the step is given up at its deadline: the server then frees its rows.
+        let mut tx = db::begin(&self.settings.database, con, self.step_timeout).await?;
         let rows = table::take_batch(&mut tx, self.settings.outbox.batch_size).await?;
         if rows.is_empty() {
             tx.rollback().await?;

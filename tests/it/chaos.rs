@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::chaos_support::{
     CacheCheck, CuttableProxy, IngestLoad, LogFigures, PrivateRedis, Replica, backlog, check_cache,
     consumer_pending, consumers, database_address, database_url_via, kill_holding_entries,
-    stream_length,
+    redis_address, redis_url_via, stream_length,
 };
 use crate::endpoint;
 use crate::helpers::{TestEnv, wait_for};
@@ -592,4 +592,61 @@ async fn an_outbox_listener_stranded_in_a_black_hole_is_given_up_and_listens_aga
     })
     .await;
     replica.stop().await;
+}
+
+/// A relay step lost in a black hole while it holds a batch of outbox rows (taken, their
+/// publishing in hand) is given up at the step's deadline; the server, which never hears of
+/// it, ends the transaction once it has waited that long on the client, and the rows go to
+/// the other replica. Without the server-side limit they stayed locked (`SKIP LOCKED` passes
+/// them by) until the server's TCP keepalive gave up, over two hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_held_by_a_relay_lost_in_a_black_hole_go_to_another_replica() {
+    let env = TestEnv::new().await;
+    outbox::install(&env).await;
+    let postgres = CuttableProxy::start(database_address(&env.settings)).await;
+    let redis = CuttableProxy::start(redis_address(&env.settings)).await;
+    let relaying = [
+        ("DCW__OUTBOX__ENABLED", "true".to_owned()),
+        ("DCW__OUTBOX__POLL_MS", "200".to_owned()),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "30000".to_owned()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "60000".to_owned()),
+    ];
+    let mut lost_vars = relaying.to_vec();
+    lost_vars.extend([
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, postgres.port),
+        ),
+        ("DCW__REDIS__URL", redis_url_via(&env.settings, redis.port)),
+        // Time to strand the database while the rows wait on the publishing.
+        ("DCW__REDIS__COMMAND_TIMEOUT_MS", "5000".to_owned()),
+    ]);
+    let lost = Replica::start(&env, &lost_vars).await;
+    let first = outbox::dataset(&env, 2, 31);
+    upsert_series(&env.db, &first.rows).await.expect("upsert");
+    let first = outbox::by_study(&first.rows);
+    wait_for("warmed through both proxies", || async {
+        outbox::all_warm(&env, &first).await
+    })
+    .await;
+
+    redis.freeze();
+    let held = outbox::dataset(&env, 2, 32);
+    upsert_series(&env.db, &held.rows).await.expect("upsert");
+    let held = outbox::by_study(&held.rows);
+    env.wait_for_rows_held_by_the_relay().await;
+    // Frozen, not stranded: the stranded replica cannot take the rows back on a new
+    // connection either.
+    postgres.freeze();
+
+    let other = Replica::start(&env, &relaying).await;
+    wait_for("the held rows relayed by the other replica", || async {
+        outbox::all_warm(&env, &held).await
+    })
+    .await;
+    other.stop().await;
+    redis.restore();
+    lost.kill_hard().await;
 }

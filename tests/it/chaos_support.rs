@@ -635,19 +635,37 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link: watch::R
 
 /// The settings' database URL with its port replaced (to go through a proxy).
 pub fn database_url_via(settings: &Settings, port: u16) -> String {
-    let mut url = url::Url::parse(settings.database.url.expose()).expect("database URL");
-    url.set_port(Some(port)).expect("a URL with a host");
-    url.to_string()
+    url_via(settings.database.url.expose(), port)
 }
 
 /// The settings' database host and port.
 pub fn database_address(settings: &Settings) -> SocketAddr {
-    let url = url::Url::parse(settings.database.url.expose()).expect("database URL");
-    let host = url.host_str().expect("database host");
-    let port = url.port().unwrap_or(5432);
+    address_of(settings.database.url.expose(), 5432)
+}
+
+/// The settings' Redis URL with its port replaced (to go through a proxy).
+pub fn redis_url_via(settings: &Settings, port: u16) -> String {
+    url_via(settings.redis.url.expose(), port)
+}
+
+/// The settings' Redis host and port.
+pub fn redis_address(settings: &Settings) -> SocketAddr {
+    address_of(settings.redis.url.expose(), 6379)
+}
+
+fn url_via(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).expect("a service URL");
+    url.set_port(Some(port)).expect("a URL with a host");
+    url.to_string()
+}
+
+fn address_of(url: &str, default_port: u16) -> SocketAddr {
+    let url = url::Url::parse(url).expect("a service URL");
+    let host = url.host_str().expect("a host");
+    let port = url.port().unwrap_or(default_port);
     format!("{host}:{port}")
         .parse()
-        .expect("the test database is at an IP address")
+        .expect("the test services are at IP addresses")
 }
 
 /// An ingest pipeline in miniature: for each chunk of the dataset's events, the rows of

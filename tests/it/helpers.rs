@@ -213,6 +213,23 @@ impl TestEnv {
         .await;
     }
 
+    /// Waits until the outbox relay holds a batch of rows: its transaction took them and
+    /// waits on the relay (publishing them).
+    pub async fn wait_for_rows_held_by_the_relay(&self) {
+        wait_for("the relay to hold a batch of outbox rows", || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name = 'dicom-cache-warmer' AND state = 'idle in transaction'
+                 AND query LIKE '%FOR UPDATE SKIP LOCKED%'",
+            )
+            .fetch_one(&self.db)
+            .await
+            .expect("pg_stat_activity")
+                > 0
+        })
+        .await;
+    }
+
     /// The group's pending count and lag (a missing group counts as nothing done).
     pub async fn backlog(&self) -> Backlog {
         let mut con = self.redis.clone();
