@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     // One thread for every task: the daemon waits on Redis and PostgreSQL, and its slow work
     // (reading DICOM files, writing documents) runs on the blocking pool. Tasks handing
     // replies to each other across two worker threads cost more in wake-ups than they
-    // gained: the drain benchmark reads 15-25 % more events a second on one thread.
+    // gained: the drain benchmark reads 10-25 % more events a second on one thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
