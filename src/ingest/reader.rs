@@ -22,8 +22,8 @@ use crate::redis_conn;
 const READS_AHEAD: usize = 2;
 
 /// Whether `window`, with `coming` more entries, still has room for another read: fewer
-/// entries than `stream.coalesce_entries`, fewer than a batch of bad entries, and studies
-/// and series of less than [`MAX_STUDY_BYTES`].
+/// entries than `stream.coalesce_entries`, fewer than a batch of bad entries (held whole
+/// until dead-lettered), and studies and series of less than [`MAX_STUDY_BYTES`].
 fn has_room(settings: &Settings, window: &Window, coming: usize) -> bool {
     let batch = settings.stream.batch_size;
     window.len() + coming + batch <= settings.stream.coalesce_entries
@@ -70,8 +70,8 @@ impl Reader {
         loop {
             let batch = settings.stream.batch_size;
             exhausted |= read.len() < batch;
+            // A failed read brings nothing, so no read is sent after it.
             while !exhausted
-                && failed.is_none()
                 && ahead.len() < READS_AHEAD
                 && has_room(settings, window, read.len() + ahead.len() * batch)
                 && !cancel.is_cancelled()
