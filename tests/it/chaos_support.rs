@@ -65,6 +65,8 @@ pub struct LogFigures {
     pub batches: usize,
     /// Entries in the batches it finished.
     pub entries_done: usize,
+    /// Entries in its largest finished batch (a window).
+    pub largest_batch: usize,
     /// Entries its XACKs found already acknowledged (by itself or another consumer).
     pub ack_shortfall: usize,
     /// Entries it claimed from idle consumers.
@@ -125,6 +127,7 @@ impl LogFigures {
             "batch done" => {
                 self.batches += 1;
                 self.entries_done += count("entries");
+                self.largest_batch = self.largest_batch.max(count("entries"));
                 self.dead_lettered += count("dead_lettered");
             }
             "XACK acknowledged fewer entries than sent" => {

@@ -7,6 +7,7 @@ use dicom_cache_warmer::add_fill_study;
 use dicom_cache_warmer::ids::{TenantId, Uid};
 use dicom_cache_warmer::keys;
 
+use crate::chaos_support::Replica;
 use crate::helpers::{ServerDicomStateMeta, TestEnv, wait_for};
 
 fn dataset(env: &TestEnv, studies: usize) -> Dataset {
@@ -304,4 +305,39 @@ async fn an_older_snapshot_never_overwrites_a_newer_one() {
         .await
         .expect("fill");
     assert_eq!(written, [1], "the same snapshot may be written again");
+}
+
+/// Reads go on while the stream has more, two of them sent ahead of the one being parsed, but
+/// a window never gathers more than `stream.coalesce_entries`: the reads in flight count.
+/// (Before, the read sent last could bring the window up to a batch less one over it.)
+#[tokio::test]
+async fn a_window_gathers_at_most_coalesce_entries_with_reads_in_flight() {
+    let env = TestEnv::new().await;
+    let dataset = dataset(&env, 4);
+    env.load(&dataset).await;
+    let replica = Replica::start(
+        &env,
+        &[
+            ("DCW__STREAM__BATCH_SIZE", "10".to_owned()),
+            ("DCW__STREAM__COALESCE_ENTRIES", "25".to_owned()),
+        ],
+    )
+    .await;
+    env.wait_until_drained().await;
+    let figures = replica.stop().await;
+    assert_eq!(
+        figures.entries_done,
+        dataset.events.len(),
+        "every entry done once"
+    );
+    assert!(
+        figures.largest_batch <= 25,
+        "a window of {} entries, over stream.coalesce_entries (25)",
+        figures.largest_batch
+    );
+    assert!(
+        figures.largest_batch > 10,
+        "windows of one read only: nothing was read ahead ({} entries at most)",
+        figures.largest_batch
+    );
 }
