@@ -58,6 +58,7 @@ pub fn lazy_pool_of(
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(settings.connect_timeout())
+        .idle_timeout(settings.idle_timeout())
         .connect_lazy_with(connect_options(settings)?))
 }
 

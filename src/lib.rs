@@ -53,7 +53,7 @@ mod warm;
 pub use app::{run, run_until_drained};
 pub use commands::{check_config, migrate};
 pub use config::{JwksSettings, RedisSettings, ServiceUrl, Settings, StreamSettings};
-pub use db::{MIGRATOR, lazy_pool};
+pub use db::{MIGRATOR, connect_options, lazy_pool};
 pub use fill::cache::add_fill_study;
 pub use fill::study::{DicomStateMeta, by_study, encode as encode_study};
 pub use ingest::event::{Field, IngestEvent, parse as parse_event};

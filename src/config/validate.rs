@@ -76,6 +76,11 @@ fn check_database(database: &DatabaseSettings, problems: &mut Problems) {
         "database.statement_timeout_ms",
         "must be at least 10",
     );
+    problems.check(
+        database.idle_timeout_ms >= 100,
+        "database.idle_timeout_ms",
+        "must be at least 100",
+    );
 }
 
 /// The stream's names and sizes; its timing against the other sections is

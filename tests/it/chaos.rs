@@ -650,3 +650,52 @@ async fn outbox_rows_held_by_a_relay_lost_in_a_black_hole_go_to_another_replica(
     redis.restore();
     lost.kill_hard().await;
 }
+
+/// A NAT or firewall forgets an idle connection without a word, and sqlx sends no keepalive
+/// that would keep it known. The pool closes connections idle for `database.idle_timeout_ms`
+/// before that can happen, so after a quiet spell the next fill opens a new connection rather
+/// than waiting on a dead one (with the old default of 10 minutes, the fill found the
+/// silenced connection and failed at the deadline: an outage of PostgreSQL in the logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_closed_before_a_quiet_spell_lets_a_nat_forget_them() {
+    let env = TestEnv::new().await;
+    let proxy = CuttableProxy::start(database_address(&env.settings)).await;
+    let vars = [
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, proxy.port),
+        ),
+        ("DCW__DATABASE__IDLE_TIMEOUT_MS", "500".to_owned()),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
+    ];
+    let replica = Replica::start(&env, &vars).await;
+    let before = dataset(&env, 2, 41);
+    env.load(&before).await;
+    env.wait_until_drained().await;
+    wait_for("the pool to close its idle connections", || async {
+        env.daemon_backends("true").await == 0
+    })
+    .await;
+
+    // The quiet spell's end: every connection open now is forgotten on the way.
+    let since = Instant::now();
+    proxy.strand();
+    let after = dataset(&env, 2, 42);
+    env.load(&after).await;
+    env.wait_until_drained().await;
+    let figures = replica.stop().await;
+    assert!(
+        !figures.saw_outage_of("postgres", since),
+        "a fill met a forgotten connection: {:?}",
+        figures.warnings
+    );
+    let cache = check_cache(&env.redis, &after.rows).await;
+    assert_eq!(
+        cache.correct, cache.expected,
+        "every study warm: {:?}",
+        cache.wrong
+    );
+}

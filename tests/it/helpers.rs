@@ -8,13 +8,14 @@ use std::time::Duration;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use dcw_testkit::synthetic::Dataset;
 use dicom_cache_warmer::{
-    Backlog, DicomStateMeta, MIGRATOR, ServiceUrl, Settings, backlog, lazy_pool, run,
+    Backlog, DicomStateMeta, MIGRATOR, ServiceUrl, Settings, backlog, connect_options, run,
     run_until_drained,
 };
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +101,15 @@ impl TestEnv {
         settings.http.listen = "127.0.0.1:0".into();
         settings.validate().expect("test settings are valid");
 
-        let db = lazy_pool(&settings.database).expect("pool");
+        // Named apart from the daemon's connections, which tests look for by name.
+        let db = PgPoolOptions::new()
+            .max_connections(settings.database.max_connections)
+            .acquire_timeout(settings.database.connect_timeout())
+            .connect_lazy_with(
+                connect_options(&settings.database)
+                    .expect("connect options")
+                    .application_name("dcw-tests"),
+            );
         let redis = test_connection(&redis_url()).await.expect("redis");
         Self {
             settings,
@@ -197,18 +206,23 @@ impl TestEnv {
         lock
     }
 
-    /// Waits until a query of the daemon (its `application_name`) in this test's database
-    /// waits for a lock.
-    pub async fn wait_for_a_query_waiting_on_a_lock(&self) {
-        wait_for("the daemon's query to wait for the lock", || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                 AND application_name = 'dicom-cache-warmer' AND wait_event_type = 'Lock'",
-            )
+    /// How many of the daemon's connections (its `application_name`) to this test's database
+    /// meet `condition`, a test's constant over `pg_stat_activity`'s columns.
+    pub async fn daemon_backends(&self, condition: &'static str) -> i64 {
+        let query = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND application_name = 'dicom-cache-warmer' AND {condition}"
+        );
+        sqlx::query_scalar::<_, i64>(&query)
             .fetch_one(&self.db)
             .await
             .expect("pg_stat_activity")
-                > 0
+    }
+
+    /// Waits until a query of the daemon in this test's database waits for a lock.
+    pub async fn wait_for_a_query_waiting_on_a_lock(&self) {
+        wait_for("the daemon's query to wait for the lock", || async {
+            self.daemon_backends("wait_event_type = 'Lock'").await > 0
         })
         .await;
     }
@@ -217,14 +231,10 @@ impl TestEnv {
     /// waits on the relay (publishing them).
     pub async fn wait_for_rows_held_by_the_relay(&self) {
         wait_for("the relay to hold a batch of outbox rows", || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                 AND application_name = 'dicom-cache-warmer' AND state = 'idle in transaction'
-                 AND query LIKE '%FOR UPDATE SKIP LOCKED%'",
+            self.daemon_backends(
+                "state = 'idle in transaction' AND query LIKE '%FOR UPDATE SKIP LOCKED%'",
             )
-            .fetch_one(&self.db)
             .await
-            .expect("pg_stat_activity")
                 > 0
         })
         .await;
