@@ -546,6 +546,27 @@ async fn postgres_black_hole(lift: fn(&CuttableProxy)) {
     );
 }
 
+/// The daemon's database through `proxy`, with deadlines of a second and claim times that fit
+/// them, then `more`.
+fn through(
+    env: &TestEnv,
+    proxy: &CuttableProxy,
+    more: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        (
+            "DCW__DATABASE__URL",
+            database_url_via(&env.settings, proxy.port),
+        ),
+        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
+        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
+        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
+    ];
+    vars.extend(more.iter().map(|&(name, value)| (name, value.to_owned())));
+    vars
+}
+
 /// The relay's listening connection, stranded in a black hole, never fails by itself: its
 /// check (every 5 s) gets no answer within the query deadline, and notifications are heard
 /// again on a new connection. With polling off, only a working listener wakes the relay.
@@ -554,18 +575,14 @@ async fn an_outbox_listener_stranded_in_a_black_hole_is_given_up_and_listens_aga
     let env = TestEnv::new().await;
     outbox::install(&env).await;
     let proxy = CuttableProxy::start(database_address(&env.settings)).await;
-    let vars = [
-        (
-            "DCW__DATABASE__URL",
-            database_url_via(&env.settings, proxy.port),
-        ),
-        ("DCW__OUTBOX__ENABLED", "true".to_owned()),
-        ("DCW__OUTBOX__POLL_MS", "600000".to_owned()),
-        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
-        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
-        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
-        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
-    ];
+    let vars = through(
+        &env,
+        &proxy,
+        &[
+            ("DCW__OUTBOX__ENABLED", "true"),
+            ("DCW__OUTBOX__POLL_MS", "600000"),
+        ],
+    );
     let replica = Replica::start(&env, &vars).await;
     let first = outbox::dataset(&env, 2, 21);
     upsert_series(&env.db, &first.rows).await.expect("upsert");
@@ -654,23 +671,13 @@ async fn outbox_rows_held_by_a_relay_lost_in_a_black_hole_go_to_another_replica(
 /// A NAT or firewall forgets an idle connection without a word, and sqlx sends no keepalive
 /// that would keep it known. The pool closes connections idle for `database.idle_timeout_ms`
 /// before that can happen, so after a quiet spell the next fill opens a new connection rather
-/// than waiting on a dead one (with the old default of 10 minutes, the fill found the
-/// silenced connection and failed at the deadline: an outage of PostgreSQL in the logs).
+/// than waiting on a dead one (kept for sqlx's default of 10 minutes, the silenced
+/// connection failed the fill at the acquire timeout: an outage of PostgreSQL in the logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_are_closed_before_a_quiet_spell_lets_a_nat_forget_them() {
     let env = TestEnv::new().await;
     let proxy = CuttableProxy::start(database_address(&env.settings)).await;
-    let vars = [
-        (
-            "DCW__DATABASE__URL",
-            database_url_via(&env.settings, proxy.port),
-        ),
-        ("DCW__DATABASE__IDLE_TIMEOUT_MS", "500".to_owned()),
-        ("DCW__DATABASE__STATEMENT_TIMEOUT_MS", "1000".to_owned()),
-        ("DCW__DATABASE__CONNECT_TIMEOUT_MS", "1000".to_owned()),
-        ("DCW__STREAM__CLAIM_IDLE_MS", "10000".to_owned()),
-        ("DCW__STREAM__STALE_CONSUMER_MS", "20000".to_owned()),
-    ];
+    let vars = through(&env, &proxy, &[("DCW__DATABASE__IDLE_TIMEOUT_MS", "500")]);
     let replica = Replica::start(&env, &vars).await;
     let before = dataset(&env, 2, 41);
     env.load(&before).await;
