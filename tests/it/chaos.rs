@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use dcw_testkit::server_writes::upsert_series;
 use dcw_testkit::synthetic::{Dataset, DatasetSpec};
 use tokio::time::Instant;
 
@@ -584,26 +583,21 @@ async fn an_outbox_listener_stranded_in_a_black_hole_is_given_up_and_listens_aga
         ],
     );
     let replica = Replica::start(&env, &vars).await;
-    let first = outbox::dataset(&env, 2, 21);
-    upsert_series(&env.db, &first.rows).await.expect("upsert");
-    let first = outbox::by_study(&first.rows);
+    let first = outbox::write_studies(&env, 2, 21).await;
     wait_for("warmed through a notification", || async {
         outbox::all_warm(&env, &first).await
     })
     .await;
 
     proxy.strand();
-    let later = outbox::dataset(&env, 2, 22);
-    upsert_series(&env.db, &later.rows).await.expect("upsert");
-    let later = outbox::by_study(&later.rows);
+    let later = outbox::write_studies(&env, 2, 22).await;
     // Each look writes a row more: its notification wakes the relay once a listener hears.
     let mut seed = 100;
     wait_for("warmed once a new listener hears", || {
         seed += 1;
-        let nudge = outbox::dataset(&env, 1, seed);
         let (env, later) = (&env, &later);
         async move {
-            upsert_series(&env.db, &nudge.rows).await.expect("upsert");
+            outbox::write_studies(env, 1, seed).await;
             outbox::all_warm(env, later).await
         }
     })
@@ -641,18 +635,14 @@ async fn outbox_rows_held_by_a_relay_lost_in_a_black_hole_go_to_another_replica(
         ("DCW__REDIS__COMMAND_TIMEOUT_MS", "5000".to_owned()),
     ]);
     let lost = Replica::start(&env, &lost_vars).await;
-    let first = outbox::dataset(&env, 2, 31);
-    upsert_series(&env.db, &first.rows).await.expect("upsert");
-    let first = outbox::by_study(&first.rows);
+    let first = outbox::write_studies(&env, 2, 31).await;
     wait_for("warmed through both proxies", || async {
         outbox::all_warm(&env, &first).await
     })
     .await;
 
     redis.freeze();
-    let held = outbox::dataset(&env, 2, 32);
-    upsert_series(&env.db, &held.rows).await.expect("upsert");
-    let held = outbox::by_study(&held.rows);
+    let held = outbox::write_studies(&env, 2, 32).await;
     env.wait_for_rows_held_by_the_relay().await;
     // Frozen, not stranded: the stranded replica cannot take the rows back on a new
     // connection either.

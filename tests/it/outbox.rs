@@ -87,6 +87,18 @@ pub(crate) fn by_study(
     studies
 }
 
+/// Writes the series rows of `studies` studies (from `seed`) as the server does, and returns
+/// each study's rows (see [`by_study`]).
+pub(crate) async fn write_studies(
+    env: &TestEnv,
+    studies: usize,
+    seed: u64,
+) -> BTreeMap<(String, String), Vec<ServerDicomStateMeta>> {
+    let dataset = dataset(env, studies, seed);
+    upsert_series(&env.db, &dataset.rows).await.expect("upsert");
+    by_study(&dataset.rows)
+}
+
 /// True when every study key holds exactly its rows, as the server's type reads and writes them.
 pub(crate) async fn all_warm(
     env: &TestEnv,
